@@ -1,0 +1,296 @@
+"""The ``lcd`` command line: every step the app does, scriptable (PRODUCT.md, "Command line").
+
+Each sub-command is a small function that parses nothing itself: argparse does that, the engine does the
+work. Heavy imports (torch, anndata) happen inside the commands so that ``lcd --help`` is instant.
+
+Errors: an :class:`~lcd_core.errors.LCDError` (bad input, bad configuration) prints one line on stderr
+and exits 2; an unexpected exception prints one line and exits 1 (``LCD_DEBUG=1`` shows the traceback);
+Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError, LCDError
+
+
+# --------------------------------------------------------------------------------------------------
+# shared argument groups
+
+
+def _add_screen_keys(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reading the screen (auto-detected when omitted)")
+    g.add_argument("--perturbation-key", help="obs column holding the perturbation labels")
+    g.add_argument("--control-label", help="label of control cells in that column (e.g. ctrl, control, non-targeting)")
+    g.add_argument("--combo-sep", help="separator of genes in a combination label (e.g. '+', '_')")
+    g.add_argument("--gene-key", help="var column holding gene symbols (default: var_names)")
+    g.add_argument("--layer", help="layer holding raw counts (default: layers['counts'] if present, else .X)")
+
+
+def _screen_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        perturbation_key=args.perturbation_key,
+        control_label=args.control_label,
+        combo_sep=args.combo_sep,
+        gene_key=args.gene_key,
+        layer=args.layer,
+    )
+
+
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where it runs")
+    g.add_argument("--backend", choices=["local", "ray"], default="local", help="local process or a Ray cluster")
+    g.add_argument("--ray-address", help="address of a running Ray cluster (with --backend ray)")
+
+
+# --------------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from .simulation import simulate
+
+    kwargs = {}
+    if args.genes is not None:
+        kwargs["n_genes"] = args.genes
+    adata = simulate(args.kind, seed=args.seed, **kwargs)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_h5ad(adata, out)
+    print(f"wrote {out}: {adata.n_obs} cells x {adata.n_vars} genes, "
+          f"{adata.obs['perturbation'].nunique()} conditions (simulated, kind={args.kind}, seed={args.seed})")
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from .data import read_screen
+
+    screen = read_screen(args.screen, backed=args.backed, **_screen_kwargs(args))
+    print(screen.format_summary())
+
+
+def _require_local(args: argparse.Namespace) -> None:
+    if getattr(args, "backend", "local") != "local":
+        raise ConfigError("--backend ray is not available in this version yet; run with --backend local")
+
+
+class _ProgressBar:
+    """One self-overwriting stderr line per stage: step, loss and ETA."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet, self.stage, self.t0 = quiet, None, 0.0
+
+    def __call__(self, stage: str, step: int, total: int, record: dict) -> None:
+        import time
+
+        if self.quiet:
+            return
+        if stage != self.stage:
+            if self.stage is not None:
+                sys.stderr.write("\n")
+            self.stage, self.t0, self.step0 = stage, time.monotonic(), step
+        done = max(step - self.step0, 1)
+        eta = (time.monotonic() - self.t0) / done * max(total - step, 0)
+        width = 24
+        fill = int(width * step / max(total, 1))
+        sys.stderr.write(f"\r{stage} [{'#' * fill}{'.' * (width - fill)}] {step}/{total} "
+                         f"loss {record.get('loss', float('nan')):.4g}  ETA {int(eta // 60)}:{int(eta % 60):02d} ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.stage is not None and not self.quiet:
+            sys.stderr.write("\n")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .data import read_screen
+    from .model import apply_overrides, get_preset, train
+
+    _require_local(args)
+    config = apply_overrides(get_preset(args.preset, seed=args.seed), args.set)
+    heldout = [c for c in args.holdout_combos.split(",") if c.strip()] if args.holdout_combos else None
+    if args.dry_run:
+        import json
+
+        print(json.dumps(config.to_dict(), indent=2))
+        return
+    screen = read_screen(args.screen, **_screen_kwargs(args))
+    bar = _ProgressBar(args.quiet)
+    max_s = args.max_minutes * 60 if args.max_minutes else None
+    try:
+        model = train(screen, args.out, config=config, device=args.device, heldout=heldout, fold=args.fold,
+                      progress=bar, max_seconds_per_stage=max_s)
+    finally:
+        bar.close()
+    print(f"trained {args.out}: {len(model.conditions)} training conditions, {model.n_genes} genes, "
+          f"held out {len(model.info['heldout'])}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .model import LCD
+
+    _require_local(args)
+    if args.cells < 1:
+        raise ConfigError(f"--cells must be at least 1, got {args.cells}")
+    model = LCD.load(args.run, device=args.device)
+    labels = [p for item in args.perturb for p in item.split(",") if p.strip()]
+    if args.with_control:
+        labels = ["ctrl", *labels]
+    pred = model.predict(labels, n_cells=args.cells, sampler=args.sampler, n_evals=args.steps, seed=args.seed)
+    for label, genes in pred.unseen.items():
+        print(f"lcd predict: note: {', '.join(genes)} in {label} never perturbed in training; "
+              "using the mean perturbation embedding", file=sys.stderr)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_h5ad(pred.to_anndata(model.genes), out)
+    print(f"wrote {out}: {sum(len(v) for v in pred.cells.values())} cells of {len(pred.cells)} perturbation(s)")
+
+
+def cmd_clipr(args: argparse.Namespace) -> None:
+    from .model import clipr_cli
+
+    clipr_cli(args)
+
+
+def cmd_modules(args: argparse.Namespace) -> None:
+    from .model import modules_cli
+
+    modules_cli(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .model import evaluate_cli
+
+    evaluate_cli(args)
+
+
+def _atomic_write_h5ad(adata, out: Path) -> None:
+    """Write next to the target and rename, so an interrupted write never leaves a half file."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        adata.write_h5ad(tmp, compression="gzip")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lcd",
+        description="LCD Explorer: latent causal diffusion and CLIPR for Perturb-seq screens.",
+    )
+    parser.add_argument("--version", action="version", version=f"lcd-explorer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("simulate", help="write a simulated screen with known causal truth")
+    p.add_argument("--kind", choices=["demo", "linear", "nonlinear"], default="demo")
+    p.add_argument("--genes", type=int, help="number of genes (default: the kind's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output .h5ad")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("inspect", help="summarise a screen and list problems found")
+    p.add_argument("screen", help="an .h5ad file")
+    p.add_argument("--backed", action="store_true", help="read .X from disk on demand (huge files)")
+    _add_screen_keys(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("train", help="train an LCD model on a screen into a run directory")
+    p.add_argument("screen", help="an .h5ad file")
+    p.add_argument("--out", required=True, help="run directory (resumed if it holds a checkpoint)")
+    p.add_argument("--preset", choices=["demo", "standard", "paper"], default="demo")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--holdout-combos", help="comma-separated combinations to hold out, e.g. A+B,C+D")
+    split.add_argument("--fold", type=int, help="hold out fold F of the paper's split protocol")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, help="stop each stage early after this wall time")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset field, e.g. --set stage2.steps=2000 (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_screen_keys(p)
+    _add_backend(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="generate cells for perturbations (unseen combinations included)")
+    p.add_argument("run", help="run directory written by 'lcd train'")
+    p.add_argument("--perturb", action="append", required=True,
+                   help="a perturbation, e.g. A or A+B; repeat for several")
+    p.add_argument("--cells", type=int, default=500, help="cells per perturbation")
+    p.add_argument("--sampler", default="fast", help="fast (default) or reference")
+    p.add_argument("--steps", type=int, help="sampler budget (network evaluations); trades speed for quality")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--with-control", action="store_true", help="also write predicted control cells")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="output .h5ad (log1p CP10k)")
+    _add_backend(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("clipr", help="causal effects between genes (CLIPR)")
+    p.add_argument("run")
+    p.add_argument("--variant", choices=["paper", "directed"], default="paper")
+    p.add_argument("--lam", type=float, default=1e-4, help="ridge regularisation of the paper variant")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="output CSV: source,target,effect")
+    _add_backend(p)
+    p.set_defaults(func=cmd_clipr)
+
+    p = sub.add_parser("modules", help="functional modules of the causal graph, with enrichment")
+    p.add_argument("run")
+    p.add_argument("--variant", choices=["paper", "directed"], default="paper")
+    p.add_argument("--cut", type=float, default=0.175, help="dendrogram cut height")
+    p.add_argument("--min-size", type=int, default=5, help="smallest module")
+    p.add_argument("--gmt", help="gene sets (GMT) for enrichment")
+    p.add_argument("--out", required=True, help="output TSV: gene, module, is_hub, top_terms")
+    p.set_defaults(func=cmd_modules)
+
+    p = sub.add_parser("evaluate", help="held-out conditions: LCD vs baselines on every metric")
+    p.add_argument("run")
+    p.add_argument("--data", required=True, help="the screen the run was trained on")
+    p.add_argument("--cells", type=int, default=500, help="cells generated per condition")
+    p.add_argument("--folds", action="store_true", help="run the paper's k-fold protocol end to end")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="report folder")
+    _add_screen_keys(p)
+    _add_backend(p)
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except LCDError as e:
+        print(f"lcd {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lcd {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, or bad input we did not anticipate: still one line
+        if os.environ.get("LCD_DEBUG"):
+            raise
+        print(f"lcd {args.command}: internal error: {type(e).__name__}: {_one_line(e)} "
+              "(rerun with LCD_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""The user-facing LCD model: genes, conditions and the wiring of the trained parts.
+
+It owns what the neural modules must not know: gene names, condition labels, the standardisation of
+stage 2 and how latent states become cells. Training lives in :mod:`lcd_core.model._train`; the
+networks in :mod:`lcd_core.module`; the samplers in :mod:`lcd_core.sampling`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .._constants import KEYS
+from .._device import resolve_device
+from ..data._conventions import targets_of
+from ..errors import ConfigError, RunError
+from ..module import ScoreNet, ZIPNoise
+from ..pp import normalize_log1p
+from ..sampling import SAMPLERS, sample
+from ._run import MODEL_META, WEIGHTS, RunDir, atomic_write_json
+
+#: format of model.json / model.safetensors; bump on any change of meaning
+MODEL_FORMAT_VERSION = 1
+
+
+@dataclass
+class Prediction:
+    """Generated cells of one or more perturbations.
+
+    Attributes
+    ----------
+    cells
+        label → ``(n_cells, n_genes)`` float32, log1p CP10k (for a run without a measurement model:
+        the screen's own normalised scale).
+    latent
+        label → ``(n_cells, n_genes)`` latent states ``s`` (state space, before the count model).
+    unseen
+        label → genes of that perturbation never perturbed in training (they use the mean embedding).
+    params
+        Sampler, budget and seed used.
+    """
+
+    cells: dict[str, np.ndarray]
+    latent: dict[str, np.ndarray]
+    unseen: dict[str, list[str]] = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+
+    def to_anndata(self, genes: list[str]):
+        """One AnnData: ``.X`` log1p CP10k, ``obs["perturbation"]`` our labels, ``obsm["latent"]``."""
+        import anndata as ad
+        import pandas as pd
+
+        labels = list(self.cells)
+        X = np.concatenate([self.cells[k] for k in labels]).astype(np.float32)
+        obs = pd.DataFrame({
+            KEYS.PERT: np.repeat(labels, [len(self.cells[k]) for k in labels]),
+            "uses_mean_embedding": np.repeat([bool(self.unseen.get(k)) for k in labels],
+                                             [len(self.cells[k]) for k in labels]),
+        })
+        obs.index = [f"pred{i}" for i in range(len(obs))]
+        obs[KEYS.PERT] = obs[KEYS.PERT].astype("category")
+        out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=list(genes)))
+        out.obsm["latent"] = np.concatenate([self.latent[k] for k in labels]).astype(np.float32)
+        out.uns["lcd_prediction"] = {"params_json": json.dumps(self.params, sort_keys=True),
+                                     "unseen_json": json.dumps(self.unseen, sort_keys=True)}
+        return out
+
+
+class LCD:
+    """A trained latent causal diffusion model (METHOD.md §1–3).
+
+    Parameters
+    ----------
+    genes
+        The modelled genes, in the screen's order (length ``d``).
+    pert_genes
+        Genes that have a perturbation embedding (modelled genes, then targets that are not measured);
+        the columns of the multi-hot the score network reads.
+    conditions
+        Training conditions (control first).
+    net
+        The trained :class:`~lcd_core.module.ScoreNet` over standardised latents.
+    mu, sd
+        ``(d,)`` standardisation: ``x = (s − mu) / sd`` (METHOD.md §2).
+    noise
+        The fitted :class:`~lcd_core.module.ZIPNoise`, or ``None`` for a run without a measurement model
+        (stage 2 directly on normalised values).
+    info
+        Provenance (data hash, split, config, seed), saved with the model.
+
+    Examples
+    --------
+    >>> from lcd_core.data import read_screen
+    >>> from lcd_core.model import LCD, get_preset, train
+    >>> screen = read_screen("assets/demo_screen.h5ad")            # doctest: +SKIP
+    >>> model = train(screen, "runs/demo", config=get_preset("demo"))  # doctest: +SKIP
+    >>> pred = model.predict(["M1_G01+M1_G05"], n_cells=500)         # doctest: +SKIP
+    >>> pred.cells["M1_G01+M1_G05"].shape                             # doctest: +SKIP
+    (500, 150)
+    """
+
+    def __init__(self, *, genes, pert_genes, conditions, net: ScoreNet, mu, sd, noise: ZIPNoise | None,
+                 info: dict | None = None):
+        self.genes = list(genes)
+        self.pert_genes = list(pert_genes)
+        self.conditions = list(conditions)
+        self.net = net.eval()
+        self.mu = np.asarray(mu, dtype=np.float64)
+        self.sd = np.asarray(sd, dtype=np.float64)
+        self.noise = noise.eval() if noise is not None else None
+        self.info = dict(info or {})
+        self._pert_index = {g: i for i, g in enumerate(self.pert_genes)}
+        self._gene_index = {g: i for i, g in enumerate(self.genes)}
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    @property
+    def n_genes(self) -> int:
+        return len(self.genes)
+
+    @property
+    def has_measurement_model(self) -> bool:
+        return self.noise is not None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
+    def trained_genes(self) -> list[str]:
+        """Genes perturbed in at least one training condition."""
+        mask = self.net.trained_mask.cpu().numpy()
+        return [g for g, m in zip(self.pert_genes, mask) if m]
+
+    def multihot(self, label: str) -> tuple[np.ndarray, list[str]]:
+        """``(P,)`` multi-hot of a perturbation label and the genes in it never perturbed in training.
+
+        Raises
+        ------
+        ConfigError
+            A gene the model has no embedding for (neither modelled nor a target of the screen), with
+            close matches; an empty or repeated gene in the label.
+        """
+        targets = targets_of(label)
+        if len(set(targets)) != len(targets):
+            raise ConfigError(f"perturbation {label!r} names a gene twice")
+        vec = np.zeros(len(self.pert_genes), dtype=np.float32)
+        trained = set(self.trained_genes)
+        for g in targets:
+            if g not in self._pert_index:
+                close = difflib.get_close_matches(g, self.pert_genes, n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ConfigError(f"unknown gene {g!r} in perturbation {label!r}: it is neither a modelled gene "
+                                  f"nor a target of the training screen{hint}")
+            vec[self._pert_index[g]] = 1.0
+        return vec, [g for g in targets if g not in trained]
+
+    def gene_index(self, genes) -> list[int]:
+        missing = [g for g in genes if g not in self._gene_index]
+        if missing:
+            raise ConfigError(f"genes not modelled by this run: {', '.join(missing[:10])}")
+        return [self._gene_index[g] for g in genes]
+
+    # -- prediction -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def sample_standardised(self, label: str, n_cells: int, *, sampler: str | None = None,
+                            n_evals: int | None = None, seed: int = 0) -> np.ndarray:
+        """``(n_cells, d)`` standardised latent states of one perturbation, from the learned diffusion."""
+        if n_cells < 1:
+            raise ConfigError(f"the number of cells must be at least 1, got {n_cells}")
+        name = sampler or self.info.get("sampler", "fast")
+        if name not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(sorted(SAMPLERS))}")
+        vec, _ = self.multihot(label)
+        kw = {}
+        budget = n_evals if n_evals is not None else self.info.get("sampler_evals")
+        if budget is not None:
+            kw["n_evals" if name != "reference" else "n_steps_per_level"] = int(budget)
+        # one generator per (seed, label): a condition's cells do not depend on what else is requested
+        gen = torch.Generator(device=self.device).manual_seed(_label_seed(seed, label))
+        x = sample(name, self.net.score, self.net.sde, torch.as_tensor(vec, device=self.device)[None, :],
+                   n_cells, generator=gen, dim=self.n_genes, **kw)
+        return x.detach().cpu().double().numpy()
+
+    @torch.inference_mode()
+    def decode(self, latent: np.ndarray, *, seed: int = 0) -> np.ndarray:
+        """Latent states → cells: counts through the ZIP model, then log1p CP10k (METHOD.md §3)."""
+        if self.noise is None:
+            return latent.astype(np.float32)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        s = torch.as_tensor(latent, dtype=torch.float32, device=self.device)
+        counts = self.noise.sample_counts(s, generator=gen).cpu().numpy()
+        return np.asarray(normalize_log1p(counts), dtype=np.float32)
+
+    def predict(self, perturbations: list[str], n_cells: int = 500, *, sampler: str | None = None,
+                n_evals: int | None = None, seed: int = 0) -> Prediction:
+        """Generate cells for each perturbation (``ctrl``, singles, unseen combinations).
+
+        Parameters
+        ----------
+        perturbations
+            Labels in our convention (``A``, ``A+B``, ``ctrl``).
+        n_cells
+            Cells per perturbation.
+        sampler, n_evals
+            Sampler name (:data:`lcd_core.sampling.SAMPLERS`) and budget; default: the run's.
+        seed
+            Cells of a label depend only on (seed, label).
+        """
+        if not perturbations:
+            raise ConfigError("no perturbation given")
+        cells, latent, unseen = {}, {}, {}
+        for label in perturbations:
+            label = _canonical(label)
+            _, new = self.multihot(label)
+            x = self.sample_standardised(label, n_cells, sampler=sampler, n_evals=n_evals, seed=seed)
+            s = self.mu + self.sd * x
+            latent[label] = s.astype(np.float32)
+            cells[label] = self.decode(s, seed=_label_seed(seed + 1, label))
+            if new:
+                unseen[label] = new
+        params = {"sampler": sampler or self.info.get("sampler", "fast"),
+                  "n_evals": n_evals if n_evals is not None else self.info.get("sampler_evals"),
+                  "seed": seed, "n_cells": n_cells, "run": self.info.get("run")}
+        return Prediction(cells=cells, latent=latent, unseen=unseen, params=params)
+
+    # -- the drift, for CLIPR ----------------------------------------------------------------------
+    def condition_multihot(self, labels: list[str]) -> torch.Tensor:
+        """``(len(labels), P)`` multi-hot tensor on the model's device."""
+        return torch.as_tensor(np.stack([self.multihot(lbl)[0] for lbl in labels]), device=self.device)
+
+    def score_fn_for(self, labels: list[str]):
+        """``score_fn(x (n, d) standardised, sigma, cond (n,) long) -> (n, d)`` over ``labels``,
+        the interface of :mod:`lcd_core.tl` (condition ``i`` = ``labels[i]``)."""
+        table = self.condition_multihot(labels)
+
+        def score_fn(x: torch.Tensor, sigma: float, cond: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return self.net.score(x.to(self.device, torch.float32), float(sigma), table, index=cond.to(self.device)).to(x.dtype)
+
+        return score_fn
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save(self, run: RunDir) -> None:
+        """Write ``model.safetensors`` + ``model.json`` into the run directory (atomically)."""
+        tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        if self.noise is not None:
+            tensors |= {f"noise.{k}": v.detach().cpu().contiguous() for k, v in self.noise.state_dict().items()}
+        tensors["mu"] = torch.as_tensor(self.mu)
+        tensors["sd"] = torch.as_tensor(self.sd)
+        tmp = run / f".{WEIGHTS}.tmp"
+        save_file(tensors, str(tmp))
+        tmp.replace(run / WEIGHTS)
+        atomic_write_json(run / MODEL_META, {
+            "model_format_version": MODEL_FORMAT_VERSION,
+            "genes": self.genes, "pert_genes": self.pert_genes, "conditions": self.conditions,
+            "net_init": self.net.init_params, "has_noise": self.noise is not None, "info": self.info,
+        })
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "auto") -> "LCD":
+        """Load a finished run; refuses incomplete, corrupt or incompatible runs with a clear message."""
+        run = RunDir(path)
+        run.require_complete()
+        try:
+            meta = json.loads((run / MODEL_META).read_text())
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            raise RunError(f"{run / MODEL_META} is missing or corrupt; retrain the run") from None
+        if meta.get("model_format_version") != MODEL_FORMAT_VERSION:
+            raise RunError(f"{run.path} holds model format {meta.get('model_format_version')}; this version "
+                           f"reads format {MODEL_FORMAT_VERSION}. Retrain the run.")
+        dev = resolve_device(device)
+        try:
+            tensors = load_file(str(run / WEIGHTS), device="cpu")  # safetensors: never unpickles
+        except (SafetensorError, OSError, ValueError) as e:
+            raise RunError(f"{run / WEIGHTS} is corrupt ({e}); retrain the run") from None
+        net = ScoreNet(**meta["net_init"])
+        noise = None
+        try:
+            net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+            if meta["has_noise"]:
+                noise_state = {k[6:]: v for k, v in tensors.items() if k.startswith("noise.")}
+                noise = ZIPNoise(noise_state["unit_scale"].numpy())
+                noise.load_state_dict(noise_state)
+        except (RuntimeError, KeyError) as e:
+            raise RunError(f"{run / WEIGHTS} does not fit {run / MODEL_META} ({_short(e)}); retrain the run") from None
+        info = dict(meta.get("info", {}), run=str(run.path))
+        return cls(genes=meta["genes"], pert_genes=meta["pert_genes"], conditions=meta["conditions"],
+                   net=net.to(dev), mu=tensors["mu"].numpy(), sd=tensors["sd"].numpy(),
+                   noise=noise.to(dev) if noise is not None else None, info=info)
+
+
+def _label_seed(seed: int, label: str) -> int:
+    return (int(seed) * 1_000_003 + zlib.crc32(label.encode())) % (2**63 - 1)
+
+
+def _canonical(label: str) -> str:
+    label = label.strip()
+    if label == KEYS.CONTROL:
+        return label
+    parts = [p.strip() for p in label.split(KEYS.COMBO_SEP)]
+    if any(not p for p in parts):
+        raise ConfigError(f"malformed perturbation {label!r}: expected genes joined by '{KEYS.COMBO_SEP}', e.g. A+B")
+    return KEYS.COMBO_SEP.join(sorted(parts))
+
+
+def _short(e: Exception) -> str:
+    return " ".join(str(e).split())[:200]

@@ -1,0 +1,138 @@
+"""Training presets: one dataclass holding both stages' settings, and the named presets of ``lcd train``.
+
+- ``demo``: a laptop CPU, minutes on the embedded demo screen (~150 genes, ~90 conditions).
+- ``standard``: one GPU, a 1000-gene, ~100k-cell screen.
+- ``paper``: the authors' settings (METHOD.md §2); days on a CPU, hours on a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+from ..train import Stage1Config, Stage2Config
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``lcd train`` needs besides the data."""
+
+    preset: str = "demo"  # name of the preset this config started from
+    stage1: Stage1Config = field(default_factory=Stage1Config)  # measurement-model stage
+    stage2: Stage2Config = field(default_factory=Stage2Config)  # score-matching stage
+    n_latent_samples: int = 10_000  # stage-1 latent samples per condition handed to stage 2 (METHOD.md §2)
+    min_cells: int = 20  # conditions with fewer cells are left out of training (reported)
+    checkpoint_seconds: float = 30.0  # wall time between checkpoints
+    sampler: str = "fast"  # default sampler of predictions made with this run
+    sampler_evals: int | None = None  # its budget; None = the sampler's default
+    seed: int = 0  # seeds both stages and the latent draws
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        try:
+            s1 = Stage1Config(**_tuples(d.pop("stage1", {})))
+            s2 = Stage2Config(**_tuples(d.pop("stage2", {})))
+            return cls(stage1=s1, stage2=s2, **d)
+        except TypeError as e:
+            raise ConfigError(f"invalid training configuration: {e}") from None
+
+
+def _tuples(d: dict) -> dict:
+    # JSON turns tuples into lists; the dataclasses declare tuples
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def get_preset(name: str, *, seed: int = 0) -> TrainConfig:
+    """The named preset with ``seed`` applied to every stage."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    cfg = PRESETS[name]()
+    cfg.seed = seed
+    cfg.stage1.seed = seed
+    cfg.stage2.seed = seed
+    return cfg
+
+
+def _demo() -> TrainConfig:
+    return TrainConfig(
+        preset="demo",
+        stage1=Stage1Config(generator="gaussian", n_samples=512, batch_size=64, steps=400, warmup=40, lr=3e-3,
+                            log_every=20),
+        stage2=Stage2Config(hidden=512, n_layers=2, emb_dim=256, batch_size=1024, steps=3000, weight_decay=0.3,
+                            log_every=50),
+        n_latent_samples=2000,
+        checkpoint_seconds=15.0,
+    )
+
+
+def _standard() -> TrainConfig:
+    return TrainConfig(
+        preset="standard",
+        stage1=Stage1Config(generator="mlp", n_samples=4000, batch_size=64, steps=20_000, warmup=1000),
+        stage2=Stage2Config(hidden=1024, n_layers=2, emb_dim=1024, batch_size=8192, steps=50_000),
+        n_latent_samples=10_000,
+        checkpoint_seconds=120.0,
+    )
+
+
+def _paper() -> TrainConfig:
+    return TrainConfig(
+        preset="paper",
+        stage1=Stage1Config(generator="mlp", init="random", n_samples=20_000, batch_size=64, steps=250_000,
+                            warmup=5000, lr=3e-4, noise_lr=3e-4, conditions_per_step=1, temps=(1.0, 20.0)),
+        stage2=Stage2Config(hidden=1024, n_layers=2, emb_dim=1024, batch_size=8192, steps=50_000,
+                            mixed_conditions=False, weight_decay=0.3),
+        n_latent_samples=10_000,
+        checkpoint_seconds=300.0,
+        sampler="reference",
+    )
+
+
+PRESETS = {"demo": _demo, "standard": _standard, "paper": _paper}
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply ``key=value`` overrides (``stage2.steps=2000``, ``n_latent_samples=500``) in place.
+
+    A value is parsed as the type of the field it replaces; unknown keys and ill-typed values fail
+    (nanoGPT's configurator rule).
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. stage2.steps=2000)")
+        *path, name = key.strip().split(".")
+        target = config
+        for part in path:
+            if part not in ("stage1", "stage2") or target is not config:
+                raise ConfigError(f"unknown configuration section {part!r} in {item!r}; use stage1. or stage2.")
+            target = getattr(config, part)
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        if name not in fields:
+            raise ConfigError(f"unknown configuration key {key!r}; known: {', '.join(sorted(fields))}")
+        setattr(target, name, _parse_like(getattr(target, name), raw.strip(), key))
+    return config
+
+
+def _parse_like(current, raw: str, key: str):
+    try:
+        if isinstance(current, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1")
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+        if isinstance(current, tuple):
+            return tuple(float(v) for v in raw.strip("()").split(",") if v.strip())
+        if current is None:  # optional fields: None, or an int
+            return None if raw.lower() == "none" else int(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"override {key}={raw!r} does not match the type of the current value {current!r}") from None

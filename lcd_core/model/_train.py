@@ -1,0 +1,225 @@
+"""Training driver: a screen in, a finished run directory out, resumable at every checkpoint.
+
+The two stage loops (:mod:`lcd_core.train`) know tensors only; this driver knows the screen, the split,
+the run directory and the clock. It runs each stage in slices of ``checkpoint_seconds`` and saves a
+checkpoint after each slice, so SIGINT or SIGKILL lose at most one slice, and rerunning the same command
+continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._constants import KEYS
+from .._device import resolve_device
+from ..data import Screen
+from ..data._conventions import targets_of
+from ..errors import ConfigError, RunError
+from ..module import ZIPNoise, unit_scale_from_counts
+from ..pp import explicit_split, fold_split, split_combinations
+from ..train import fit_stage1, fit_stage2, standardize
+from ._lcd import LCD
+from ._presets import TrainConfig
+from ._run import RunDir
+
+#: ``progress(stage, step, total, record)``: stage is "stage1" or "stage2"; record holds loss etc.
+Progress = Callable[[str, int, int, dict], None]
+
+
+def resolve_split(screen: Screen, *, heldout: list[str] | None = None, fold: int | None = None,
+                  seed: int = 0) -> dict:
+    """Which conditions train and which are held out.
+
+    Priority: an explicit ``heldout`` list; else fold ``fold`` of the paper's protocol
+    (:func:`lcd_core.pp.split_combinations`); else the split shipped with the screen
+    (``uns["lcd_split"]``, e.g. the demo's); else nothing is held out.
+    """
+    if heldout is not None:
+        split = explicit_split(screen, heldout)
+        held = list(split["test"]) if "test" in split else list(split.get("heldout", heldout))
+        source = "explicit"
+    elif fold is not None:
+        protocol = split_combinations(screen, seed=seed)
+        if not 0 <= fold < len(protocol["folds"]):
+            raise ConfigError(f"--fold {fold} is out of range: the protocol has {len(protocol['folds'])} folds (0–{len(protocol['folds']) - 1})")
+        fs = fold_split(protocol, fold)
+        held = list(fs["test"])
+        held += [c for c in protocol["tuning"] if c not in held]
+        source = f"fold {fold} of the paper's protocol (seed {seed}); tuning doubles also held out"
+    elif screen.split and len(screen.split.get("heldout", [])):
+        held = [str(c) for c in screen.split["heldout"]]
+        source = "shipped with the screen (uns['lcd_split'])"
+    else:
+        held, source = [], "none"
+    held_set = set(held)
+    return {"heldout": sorted(held_set), "train": [c for c in screen.conditions if c not in held_set],
+            "source": source}
+
+
+def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device: str = "auto",
+          heldout: list[str] | None = None, fold: int | None = None, progress: Progress | None = None,
+          max_seconds_per_stage: float | None = None) -> LCD:
+    """Train LCD on ``screen`` into the run directory ``out`` (resuming from its checkpoints).
+
+    Parameters
+    ----------
+    screen
+        A validated screen (:func:`lcd_core.data.read_screen`).
+    out
+        Run directory; created, or resumed when it holds checkpoints of the same training.
+    config
+        A :class:`TrainConfig` (:func:`get_preset`).
+    device
+        ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``.
+    heldout, fold
+        The split (:func:`resolve_split`).
+    progress
+        ``progress(stage, step, total, record)``; also written to ``log.jsonl``.
+    max_seconds_per_stage
+        Cut each stage short after this wall time (a run still completes, with fewer steps).
+
+    Returns
+    -------
+    The trained :class:`LCD`, also saved in ``out``.
+    """
+    run = RunDir(out)
+    dev = resolve_device(device)
+    split = resolve_split(screen, heldout=heldout, fold=fold, seed=config.seed)
+    n_cells = screen.n_cells
+    small = [c for c in split["train"] if n_cells[c] < config.min_cells]
+    train_conds = [c for c in split["train"] if c not in small]
+    if KEYS.CONTROL not in train_conds:
+        raise ConfigError(f"the control condition has {n_cells.get(KEYS.CONTROL, 0)} cells, fewer than the "
+                          f"{config.min_cells} training needs")
+    if len(train_conds) < 2:
+        raise ConfigError("training needs control and at least one perturbed condition")
+    genes = screen.genes
+    extra_targets = sorted({g for c in screen.conditions for g in targets_of(c)} - set(genes))
+    pert_genes = genes + extra_targets
+    mode = "counts" if screen.is_counts else "normalised"
+
+    cfg_json = {
+        "status": "training",
+        "data_hash": screen.data_hash,
+        "data_path": str(screen.path) if screen.path else None,
+        "genes": genes, "pert_genes": pert_genes, "conditions": screen.conditions,
+        "train_conditions": train_conds, "heldout": split["heldout"], "split_source": split["source"],
+        "left_out_small": small, "mode": mode, "device": str(dev), "seed": config.seed,
+        "config": config.to_dict(),
+    }
+    _check_resume(run, cfg_json)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.write_config(cfg_json)
+    run.log({"event": "start", "device": str(dev), "n_train_conditions": len(train_conds), "mode": mode})
+
+    def report(stage: str, step: int, total: int, record: dict) -> None:
+        run.log({"event": "progress", "stage": stage, "step": step, "total": total,
+                 **{k: v for k, v in record.items() if isinstance(v, (int, float))}})
+        if progress is not None:
+            progress(stage, step, total, record)
+
+    torch.manual_seed(config.seed)
+    noise: ZIPNoise | None = None
+    if mode == "counts":
+        counts = [screen.counts(c) for c in train_conds]
+        unit_scale = unit_scale_from_counts(counts[0])
+        res1 = _run_sliced(
+            "stage1", run, config.checkpoint_seconds, max_seconds_per_stage,
+            lambda state, secs: fit_stage1(counts, unit_scale, config.stage1, device=dev, state=state, max_seconds=secs,
+                                           progress=lambda s, t, r: report("stage1", s, t, r)),
+            get_state=lambda r: r.state_dict(), is_done=lambda r: r.done,
+        )
+        noise = res1.noise
+        latents = res1.sample_latents(config.n_latent_samples, seed=config.seed)
+        del counts, res1
+    else:
+        # no measurement model (PRODUCT.md "Data in"): stage 2 directly on the normalised values
+        latents = [screen.log1p(c).astype(np.float32) for c in train_conds]
+    x, mu, sd = standardize(latents, control_index=0)
+    del latents
+    pert = np.stack([_multihot(c, pert_genes) for c in train_conds])
+    res2 = _run_sliced(
+        "stage2", run, config.checkpoint_seconds, max_seconds_per_stage,
+        lambda state, secs: fit_stage2(x, pert, config.stage2, device=str(dev), state=state, max_seconds=secs,
+                                       progress=lambda r: report("stage2", int(r["step"]), config.stage2.steps, r)),
+        get_state=lambda r: r.state, is_done=lambda r: r.finished,
+    )
+    info = {"data_hash": screen.data_hash, "run": str(run.path), "seed": config.seed, "preset": config.preset,
+            "mode": mode, "sampler": config.sampler, "sampler_evals": config.sampler_evals,
+            "train_conditions": train_conds, "heldout": split["heldout"]}
+    model = LCD(genes=genes, pert_genes=pert_genes, conditions=train_conds, net=res2.net, mu=mu, sd=sd,
+                noise=noise, info=info)
+    model.save(run)
+    run.write_config(dict(cfg_json, status="complete"))
+    run.mark_complete()
+    run.log({"event": "complete"})
+    return model
+
+
+def _multihot(label: str, pert_genes: list[str]) -> np.ndarray:
+    vec = np.zeros(len(pert_genes), dtype=np.float32)
+    index = {g: i for i, g in enumerate(pert_genes)}
+    for g in targets_of(label):
+        vec[index[g]] = 1.0
+    return vec
+
+
+def _check_resume(run: RunDir, cfg: dict) -> None:
+    """A run directory may only be resumed by the same training (data, split, configuration)."""
+    if not (run / "config.json").exists():
+        if run.path.exists() and any(run.path.iterdir()):
+            raise RunError(f"{run.path} exists and is not a run directory; choose another --out")
+        return
+    old = run.read_config()
+    if run.is_complete():
+        raise RunError(f"{run.path} already holds a finished run; choose another --out or delete it")
+    for key in ("data_hash", "genes", "train_conditions", "mode", "config"):
+        if old.get(key) != _jsonable(cfg[key]):
+            raise RunError(f"{run.path} holds an interrupted training with a different {key.replace('_', ' ')}; "
+                           "resume it with the same screen and options, or choose another --out")
+
+
+def _jsonable(v):
+    import json
+
+    return json.loads(json.dumps(v, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def _run_sliced(stage: str, run: RunDir, slice_seconds: float, max_seconds: float | None, fit, *, get_state, is_done):
+    """Run ``fit(state, seconds)`` in slices, checkpointing after each, until done (or out of time)."""
+    ckpt = run.checkpoints / f"{stage}.pt"
+    state = _load_checkpoint(ckpt)
+    t0 = time.monotonic()
+    while True:
+        budget = slice_seconds
+        if max_seconds is not None:
+            budget = min(budget, max(0.0, max_seconds - (time.monotonic() - t0)))
+        result = fit(state, budget)
+        state = get_state(result)
+        _save_checkpoint(ckpt, state)
+        if is_done(result) or (max_seconds is not None and time.monotonic() - t0 >= max_seconds):
+            run.log({"event": "stage_done", "stage": stage, "finished_all_steps": bool(is_done(result))})
+            return result
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        # weights_only: a checkpoint is tensors and plain containers; never unpickle arbitrary objects
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a corrupt or foreign file
+        raise RunError(f"checkpoint {path} is corrupt or not ours ({type(e).__name__}); delete it to restart that stage") from None

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny screens and a tiny training configuration (nanoGPT's 'train in seconds' config)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lcd_core import KEYS
+
+torch.set_num_threads(1)
+
+
+def make_tiny_counts(seed: int = 0, n_genes: int = 12, n_cells: int = 60) -> ad.AnnData:
+    """A small count screen in our convention: control, 4 singles, 1 double; each perturbation lifts
+    its target gene's rate so conditions are distinguishable."""
+    rng = np.random.default_rng(seed)
+    genes = [f"G{i:02d}" for i in range(n_genes)]
+    conditions = ["ctrl", "G00", "G01", "G02", "G03", "G00+G01"]
+    base = rng.uniform(2, 20, n_genes)
+    X, labels = [], []
+    for c in conditions:
+        rate = base.copy()
+        for g in ([] if c == "ctrl" else c.split("+")):
+            rate[genes.index(g)] *= 4.0
+        X.append(rng.poisson(rate * rng.lognormal(0, 0.2, (n_cells, 1))))
+        labels += [c] * n_cells
+    obs = pd.DataFrame({KEYS.PERT: pd.Categorical(labels)}, index=[f"c{i}" for i in range(len(labels))])
+    return ad.AnnData(X=np.concatenate(X).astype(np.float32), obs=obs, var=pd.DataFrame(index=genes))
+
+
+@pytest.fixture
+def tiny_h5ad(tmp_path):
+    path = tmp_path / "tiny.h5ad"
+    make_tiny_counts().write_h5ad(path)
+    return path
+
+
+def tiny_config(seed: int = 0):
+    """Both stages in a few seconds on one CPU thread."""
+    from lcd_core.model import get_preset
+
+    cfg = get_preset("demo", seed=seed)
+    cfg.stage1.steps, cfg.stage1.warmup, cfg.stage1.n_samples, cfg.stage1.log_every = 30, 5, 64, 5
+    cfg.stage2.hidden, cfg.stage2.emb_dim, cfg.stage2.batch_size = 32, 8, 128
+    cfg.stage2.steps, cfg.stage2.log_every = 60, 10
+    cfg.n_latent_samples = 200
+    cfg.min_cells = 10
+    cfg.checkpoint_seconds = 1.0
+    return cfg

@@ -1,0 +1,132 @@
+"""The ``lcd`` command line, run as a real subprocess: help, errors as one line, train → predict,
+and interruption (SIGINT, SIGKILL) with resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anndata as ad
+import pytest
+
+LCD = [sys.executable, "-m", "lcd_core.cli"]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+TINY = ["--set", "stage1.steps=30", "--set", "stage1.n_samples=64", "--set", "stage2.hidden=32",
+        "--set", "stage2.emb_dim=8", "--set", "stage2.batch_size=128", "--set", "stage2.steps=60",
+        "--set", "n_latent_samples=200", "--set", "min_cells=10", "--quiet"]
+
+
+def run(*args, check=True, timeout=300):
+    proc = subprocess.run([*LCD, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lcd {args} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+@pytest.mark.parametrize("cmd", ["simulate", "inspect", "train", "predict", "clipr", "modules", "evaluate"])
+def test_every_command_has_help(cmd):
+    out = run(cmd, "--help").stdout
+    assert "usage: lcd " + cmd in out
+
+
+def test_the_lcd_entry_point_is_installed():
+    import shutil
+
+    exe = shutil.which("lcd") or str(Path(sys.executable).parent / "lcd")
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "lcd-explorer" in proc.stdout
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_bad_input_is_one_line(tmp_path):
+    bogus = tmp_path / "notes.h5ad"
+    bogus.write_text("gene,count\nA,1\n")
+    assert_one_line_error(run("inspect", bogus, check=False), "inspect")
+    assert_one_line_error(run("inspect", tmp_path / "missing.h5ad", check=False), "missing.h5ad")
+    assert_one_line_error(run("predict", tmp_path / "norun", "--perturb", "A", "--out", tmp_path / "p.h5ad",
+                              check=False), "norun")
+
+
+def test_inspect_tiny(tiny_h5ad):
+    out = run("inspect", tiny_h5ad).stdout
+    assert "360" in out and "12" in out  # cells, genes
+
+
+def test_bad_overrides_are_refused(tiny_h5ad, tmp_path):
+    assert_one_line_error(run("train", tiny_h5ad, "--out", tmp_path / "r", "--set", "stage2.nope=1", check=False),
+                          "unknown configuration key")
+    assert_one_line_error(run("train", tiny_h5ad, "--out", tmp_path / "r", "--set", "stage2.steps=many", check=False),
+                          "does not match the type")
+
+
+def test_train_then_predict(tiny_h5ad, tmp_path):
+    run("train", tiny_h5ad, "--out", tmp_path / "run", "--holdout-combos", "G00+G01", *TINY)
+    run("predict", tmp_path / "run", "--perturb", "G01+G00", "--perturb", "G02", "--cells", 25,
+        "--out", tmp_path / "pred.h5ad")
+    pred = ad.read_h5ad(tmp_path / "pred.h5ad")
+    assert pred.shape == (50, 12)
+    assert set(pred.obs["perturbation"]) == {"G00+G01", "G02"}
+    bad = run("predict", tmp_path / "run", "--perturb", "NOPE", "--out", tmp_path / "x.h5ad", check=False)
+    assert_one_line_error(bad, "unknown gene 'NOPE'")
+    assert not (tmp_path / "x.h5ad").exists()
+
+
+def _wait_for(path: Path, proc, timeout=120):
+    t0 = time.time()
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.stderr.read()}")
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"{path} never appeared")
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_training_resumes_from_its_checkpoint(tiny_h5ad, tmp_path, sig):
+    out = tmp_path / "run"
+    # long enough to be interrupted in stage 2, checkpointing every second
+    long = [*TINY, "--set", "stage2.steps=100000", "--set", "checkpoint_seconds=1"]
+    proc = subprocess.Popen([*LCD, "train", str(tiny_h5ad), "--out", str(out), *long], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(out / "checkpoints" / "stage2.pt", proc)
+    time.sleep(1.5)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    from lcd_core import RunError
+    from lcd_core.model import LCD as Model
+
+    assert not (out / "COMPLETE").exists()
+    with pytest.raises(RunError, match="incomplete"):
+        Model.load(out)
+    import torch
+
+    step_before = torch.load(out / "checkpoints" / "stage2.pt", weights_only=True)["step"]
+    assert step_before > 0
+    # the same command, with a reachable step count, resumes: stage 1 is not redone, stage 2 continues
+    log_len = len((out / "log.jsonl").read_text().splitlines())
+    resumed = run("train", tiny_h5ad, "--out", out, *TINY, "--set", f"stage2.steps={step_before + 20}",
+                  "--set", "checkpoint_seconds=1", check=False)
+    # a different step count is a different configuration: refused, not silently mixed
+    assert_one_line_error(resumed, "different config")
+    resumed = run("train", tiny_h5ad, "--out", out, *long[:-4], "--set", "stage2.steps=100000",
+                  "--set", "checkpoint_seconds=1", "--max-minutes", "0.05")
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()[log_len:]]
+    stage1 = [r for r in records if r.get("stage") == "stage1" and r.get("event") == "progress"]
+    stage2 = [r for r in records if r.get("stage") == "stage2" and r.get("event") == "progress"]
+    assert not stage1, "stage 1 was trained again instead of resumed"
+    assert stage2 and stage2[0]["step"] > step_before
+    assert (out / "COMPLETE").exists()
