@@ -30,6 +30,9 @@ def _add_screen_keys(p: argparse.ArgumentParser) -> None:
     g.add_argument("--combo-sep", help="separator of genes in a combination label (e.g. '+', '_')")
     g.add_argument("--gene-key", help="var column holding gene symbols (default: var_names)")
     g.add_argument("--layer", help="layer holding raw counts (default: layers['counts'] if present, else .X)")
+    g.add_argument("--min-cells", type=int, default=1, help="refuse conditions with fewer cells (see --drop-small)")
+    g.add_argument("--drop-small", action="store_true", help="drop conditions below --min-cells instead of refusing")
+    g.add_argument("--strict", action="store_true", help="refuse perturbation targets that are not measured genes")
 
 
 def _screen_kwargs(args: argparse.Namespace) -> dict:
@@ -39,6 +42,9 @@ def _screen_kwargs(args: argparse.Namespace) -> dict:
         combo_sep=args.combo_sep,
         gene_key=args.gene_key,
         layer=args.layer,
+        min_cells=args.min_cells,
+        drop_small=args.drop_small,
+        strict=args.strict,
     )
 
 
@@ -150,22 +156,63 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"wrote {out}: {sum(len(v) for v in pred.cells.values())} cells of {len(pred.cells)} perturbation(s)")
 
 
-def cmd_clipr(args: argparse.Namespace) -> None:
-    from .model import clipr_cli
+def _provenance(model, **extra) -> dict:
+    return {"data_hash": model.info.get("data_hash"), "run": model.info.get("run"),
+            "seed": model.info.get("seed"), "version": __version__, **extra}
 
-    clipr_cli(args)
+
+def cmd_clipr(args: argparse.Namespace) -> None:
+    from .model import LCD, get_clipr
+    from .tl import write_effects_csv
+
+    _require_local(args)
+    model = LCD.load(args.run, device=args.device)
+    result = get_clipr(model, variant=args.variant, lam=args.lam)
+    for w in result.warnings:
+        print(f"lcd clipr: warning: {w}", file=sys.stderr)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_effects_csv(out, result.effects, model.genes,
+                      provenance=_provenance(model, variant=args.variant, lam=result.params.get("lam")))
+    print(f"wrote {out}: {len(model.genes)}x{len(model.genes)} effects (rows = sources), variant={args.variant}")
 
 
 def cmd_modules(args: argparse.Namespace) -> None:
-    from .model import modules_cli
+    from .model import LCD, get_clipr
+    from .tl import enrich_modules, find_modules, read_gmt, write_modules_tsv
 
-    modules_cli(args)
+    model = LCD.load(args.run, device="auto")
+    result = get_clipr(model, variant=args.variant)
+    modules = find_modules(result.effects, model.genes, cut=args.cut, min_size=args.min_size)
+    enrichment = None
+    if args.gmt:
+        enrichment = enrich_modules(modules.labels, model.genes, read_gmt(args.gmt, genes=model.genes))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_modules_tsv(out, modules, enrichment=enrichment,
+                      provenance=_provenance(model, variant=args.variant, cut=args.cut, gmt=args.gmt))
+    n = len(set(modules.labels) - {"unassigned"})
+    print(f"wrote {out}: {n} modules over {len(model.genes)} genes (cut {args.cut})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .model import evaluate_cli
+    from .data import read_screen
+    from .model import LCD, evaluate_run, write_report
 
-    evaluate_cli(args)
+    _require_local(args)
+    screen = read_screen(args.data, **_screen_kwargs(args))
+    if args.folds:
+        from .model import evaluate_folds
+
+        per_condition = evaluate_folds(args.run, screen, n_cells=args.cells, seed=args.seed, device=args.device)
+        prov = {"run": args.run, "protocol": "k-fold", "version": __version__, "data_hash": screen.data_hash}
+    else:
+        model = LCD.load(args.run, device=args.device)
+        per_condition = evaluate_run(model, screen, n_cells=args.cells, seed=args.seed)
+        prov = _provenance(model, cells_per_condition=args.cells, sampler=model.info.get("sampler"))
+    out = write_report(per_condition, args.out, provenance=prov)
+    print((out / "summary.md").read_text())
+    print(f"wrote {out}/ (per_condition.csv, summary.md, summary.csv, plots)")
 
 
 def _atomic_write_h5ad(adata, out: Path) -> None:

@@ -1,0 +1,192 @@
+"""Held-out evaluation of a trained run: LCD against every baseline on every metric (METHOD.md §7, §9).
+
+Used by ``lcd evaluate`` and by the app's Benchmark page; writes nothing unless asked
+(:func:`write_report`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .._constants import KEYS
+from ..baselines import make_baselines
+from ..data import Screen
+from ..errors import ConfigError
+from ..metrics import evaluate_condition, summarize
+from ._lcd import LCD
+
+#: the metric the issue's headline target is stated in (MMD on the condition's top-20 DE genes)
+HEADLINE_METRIC = "mmd_top20"
+
+
+def check_screen_matches(model: LCD, screen: Screen) -> None:
+    """Refuse a screen whose genes differ from the run's (the usual cause: another file or gene set)."""
+    if list(screen.genes) != list(model.genes):
+        missing = [g for g in model.genes if g not in set(screen.genes)]
+        raise ConfigError(
+            f"the screen does not match the run: the run models {len(model.genes)} genes, the screen has "
+            f"{len(screen.genes)}" + (f" and lacks {', '.join(missing[:5])}" if missing else " in another order")
+            + "; pass the screen the run was trained on")
+    data_hash = model.info.get("data_hash")
+    if data_hash and screen.data_hash != data_hash:
+        # same genes, other file: allowed (e.g. a re-written copy), but say so in the report
+        model.info.setdefault("warnings", []).append("screen file differs from the one the run was trained on")
+
+
+def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = None, n_cells: int = 500,
+                 seed: int = 0, sampler: str | None = None, n_evals: int | None = None,
+                 progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
+    """Predict every held-out condition with LCD and each baseline; score each with every metric.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`LCD`.
+    screen
+        The screen it was trained on (same genes).
+    conditions
+        Test conditions; default: the run's held-out conditions that the screen measures.
+    n_cells
+        Cells generated per condition and method.
+    seed
+        Seeds LCD's sampler, the baselines' draws and metric sub-sampling.
+    sampler, n_evals
+        LCD sampler and budget (default: the run's).
+    progress
+        ``progress(i, n, condition)`` after each condition.
+
+    Returns
+    -------
+    Long table, one row per (method, condition): ``method``, ``condition``, ``n_obs`` and the metrics of
+    :func:`lcd_core.metrics.evaluate_condition` (log1p CP10k).
+    """
+    check_screen_matches(model, screen)
+    if conditions is None:
+        conditions = [c for c in model.info.get("heldout", []) if c in set(screen.conditions)]
+    if not conditions:
+        raise ConfigError("the run has no held-out conditions measured in this screen: train with "
+                          "--holdout-combos A+B,... or --fold F, or pass conditions explicitly")
+    unknown = [c for c in conditions if c not in set(screen.conditions)]
+    if unknown:
+        raise ConfigError(f"conditions not measured in the screen: {', '.join(unknown[:10])}")
+    train_conds = [c for c in model.conditions if c in set(screen.conditions)]
+    train_cells = {c: screen.log1p(c) for c in train_conds}
+    control = train_cells[KEYS.CONTROL]
+    perturbed_means = [train_cells[c].mean(0) for c in train_conds if c != KEYS.CONTROL]
+    train_perturbed_mean = np.mean(perturbed_means, axis=0) if perturbed_means else control.mean(0)
+    baselines = {name: b.fit(train_cells, KEYS.CONTROL, var_names=screen.genes) for name, b in make_baselines().items()}
+
+    rows = []
+    for i, cond in enumerate(conditions):
+        obs = screen.log1p(cond)
+        preds = {"lcd": model.predict([cond], n_cells, sampler=sampler, n_evals=n_evals, seed=seed).cells[cond]}
+        preds |= {name: b.predict(cond, n_cells, seed=seed) for name, b in baselines.items()}
+        for method, pred in preds.items():
+            scores = evaluate_condition(pred, obs, control, train_perturbed_mean=train_perturbed_mean, seed=seed)
+            rows.append({"method": method, "condition": cond, "n_obs": len(obs), **scores})
+        if progress is not None:
+            progress(i + 1, len(conditions), cond)
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(per_condition: pd.DataFrame, *, reference: str = "lcd") -> str:
+    """The summary table as markdown: mean ± s.e.m. per method (best in bold), then win rates of
+    ``reference`` against each other method with one-sided Wilcoxon p-values."""
+    summ = summarize(per_condition, reference)
+    metrics = list(dict.fromkeys(summ["metric"]))
+    methods = list(dict.fromkeys(summ["method"]))
+    lines = ["| metric | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for metric in metrics:
+        sub = summ[summ["metric"] == metric].set_index("method")
+        lower = bool(sub["lower_is_better"].iloc[0])
+        finite = sub["mean"].dropna()
+        best = (finite.idxmin() if lower else finite.idxmax()) if len(finite) else None
+        cells = []
+        for m in methods:
+            mean, sem = sub.loc[m, "mean"], sub.loc[m, "sem"]
+            txt = f"{mean:.4g} ± {sem:.2g}" if np.isfinite(mean) else "n/a"
+            cells.append(f"**{txt}**" if m == best else txt)
+        arrow = "↓" if lower else "↑"
+        lines.append(f"| {metric} {arrow} | " + " | ".join(cells) + " |")
+    lines += ["", f"Win rate of {reference} (% of held-out conditions where it is strictly better; "
+              "one-sided Wilcoxon signed-rank p):", "",
+              "| metric | " + " | ".join(m for m in methods if m != reference) + " |",
+              "|---" * len(methods) + "|"]
+    for metric in metrics:
+        sub = summ[summ["metric"] == metric].set_index("method")
+        cells = [f"{sub.loc[m, 'win_rate']:.0f}% (p={sub.loc[m, 'p_value']:.2g})"
+                 if np.isfinite(sub.loc[m, "win_rate"]) else "n/a" for m in methods if m != reference]
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(per_condition: pd.DataFrame, out: str | Path, *, provenance: dict) -> Path:
+    """Write ``per_condition.csv``, ``summary.md``, ``summary.csv``, ``provenance.json`` and plots
+    (``mmd_top20.png``, ``metrics.html``) into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_condition.to_csv(out / "per_condition.csv", index=False)
+    summarize(per_condition, "lcd").to_csv(out / "summary.csv", index=False)
+    head = "\n".join(f"- {k}: {v}" for k, v in provenance.items())
+    (out / "summary.md").write_text(f"# Held-out evaluation\n\n{head}\n\n" + summary_markdown(per_condition))
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
+    _plots(per_condition, out)
+    return out
+
+
+def _plots(df: pd.DataFrame, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    import plotly.express as px
+
+    if HEADLINE_METRIC in df:
+        wide = df.pivot(index="condition", columns="method", values=HEADLINE_METRIC)
+        fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(wide)), 4))
+        wide.plot.bar(ax=ax, width=0.8)
+        ax.set_ylabel("MMD² on top-20 DE genes (lower is better)")
+        ax.set_xlabel("held-out condition")
+        fig.tight_layout()
+        fig.savefig(out / f"{HEADLINE_METRIC}.png", dpi=120)
+        plt.close(fig)
+    metric_cols = [c for c in df.columns if c not in ("method", "condition", "n_obs")]
+    long = df.melt(id_vars=["method", "condition"], value_vars=metric_cols, var_name="metric")
+    fig = px.box(long, x="method", y="value", color="method", facet_col="metric", facet_col_wrap=4,
+                 points="all", hover_data=["condition"])
+    fig.update_yaxes(matches=None)
+    fig.write_html(out / "metrics.html", include_plotlyjs=True, full_html=True)  # self-contained: no network when opened
+
+
+def evaluate_folds(run: str | Path, screen: Screen, *, n_cells: int = 500, seed: int = 0, device: str = "auto",
+                   folds: list[int] | None = None, progress=None) -> pd.DataFrame:
+    """The paper's k-fold protocol end to end (METHOD.md §9): for each fold, train a model with the
+    run's configuration on everything but that fold (and the tuning doubles) into ``<run>/folds/<f>``
+    (resumed if interrupted), then evaluate on the fold's doubles.
+
+    Returns the per-condition table of all folds, with a ``fold`` column.
+    """
+    from ..pp import split_combinations
+    from ._presets import TrainConfig
+    from ._run import RunDir
+    from ._train import train
+
+    cfg = RunDir(run).read_config()
+    config = TrainConfig.from_dict(cfg["config"])
+    protocol = split_combinations(screen, seed=config.seed)
+    tables = []
+    for f in folds if folds is not None else range(len(protocol["folds"])):
+        fold_dir = Path(run) / "folds" / str(f)
+        if RunDir(fold_dir).is_complete():
+            model = LCD.load(fold_dir, device=device)
+        else:
+            model = train(screen, fold_dir, config=config, device=device, fold=f, progress=progress)
+        # scored on the fold's test doubles only; the tuning doubles are held out but not scored
+        table = evaluate_run(model, screen, n_cells=n_cells, seed=seed, conditions=list(protocol["folds"][f]))
+        tables.append(table.assign(fold=f))
+    return pd.concat(tables, ignore_index=True)
