@@ -24,6 +24,12 @@ class _Keys(NamedTuple):
     SPLIT: str = "lcd_split"
     #: ``uns`` key marking a file as simulated, with a human-readable note
     SIMULATED: str = "lcd_simulated"
+    #: ``uns`` flag; ``False`` declares ``.X`` to hold latent / normalised values that may be negative
+    #: (the simulated linear-Gaussian screens of the paper's no-measurement-model protocol)
+    IS_COUNTS: str = "lcd_is_counts"
+    #: ``uns`` keys where preprocessing records what it removed
+    QC: str = "lcd_qc"
+    CONDITION_FILTER: str = "lcd_condition_filter"
 
 
 KEYS = _Keys()

@@ -64,6 +64,17 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     kwargs = {}
     if args.genes is not None:
         kwargs["n_genes"] = args.genes
+    if args.cells is not None:
+        kwargs["n_cells"] = args.cells
+    if args.kind == "linear":
+        if args.perturbed is not None:
+            kwargs["n_perturbed"] = args.perturbed
+        if args.graph is not None:
+            kwargs["graph"] = args.graph
+        if args.no_counts:
+            kwargs["counts"] = False
+    elif args.perturbed is not None or args.graph is not None or args.no_counts:
+        raise ConfigError("--perturbed, --graph and --no-counts apply to --kind linear only")
     adata = simulate(args.kind, seed=args.seed, **kwargs)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["demo", "linear", "nonlinear"], default="demo")
     p.add_argument("--genes", type=int, help="number of genes (default: the kind's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cells", type=int, help="cells per condition (linear, nonlinear)")
+    p.add_argument("--perturbed", type=int, help="number of perturbed genes K (linear; default all)")
+    p.add_argument("--graph", choices=["er", "sf"], help="graph of the linear generator: Erdős–Rényi or scale-free")
+    p.add_argument("--no-counts", action="store_true",
+                   help="linear: write the latent states themselves (no measurement model, values may be negative)")
     p.add_argument("--out", required=True, help="output .h5ad")
     p.set_defaults(func=cmd_simulate)
 
@@ -323,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     except LCDError as e:
         print(f"lcd {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"lcd {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -198,7 +198,10 @@ def _build(
         adata.X = adata.X.tocsr()
     m = adata.X if where == "X" else adata.layers[where]
     label = ".X" if where == "X" else f"layers[{where!r}]"
-    stats = check_values(m, where=label, claimed_counts=claimed, genes=adata.var_names, cells=adata.obs_names)
+    # only an explicit declaration admits negative values (simulated latent screens); never a guess
+    latent_values = not claimed and _declared_not_counts(adata.uns)
+    stats = check_values(m, where=label, claimed_counts=claimed, genes=adata.var_names, cells=adata.obs_names,
+                         allow_negative=latent_values)
     counts_where: str | None = where
     if not claimed and not stats.is_integer:
         counts_where = None
@@ -230,6 +233,11 @@ def _build(
         problems=problems,
         file_stat=file_stat,
     )
+
+
+def _declared_not_counts(uns: Any) -> bool:
+    flag = uns.get(KEYS.IS_COUNTS, None)
+    return flag is not None and not bool(np.asarray(flag).item())
 
 
 def write_screen(adata_or_screen: Any, path: str | os.PathLike, *, convention: str = "lcd") -> Path:

@@ -254,7 +254,8 @@ def _locate(m: Any, predicate: Any, limit: int = 5) -> tuple[np.ndarray, np.ndar
     return np.asarray(rows, dtype=int), np.asarray(cols, dtype=int)
 
 
-def check_values(m: Any, *, where: str, claimed_counts: bool, genes: pd.Index, cells: pd.Index) -> ValueStats:
+def check_values(m: Any, *, where: str, claimed_counts: bool, genes: pd.Index, cells: pd.Index,
+                 allow_negative: bool = False) -> ValueStats:
     """Refuse NaN, infinite and negative values; refuse non-integers where counts are claimed.
 
     Parameters
@@ -268,6 +269,8 @@ def check_values(m: Any, *, where: str, claimed_counts: bool, genes: pd.Index, c
         values are then an error instead of a flag.
     genes, cells
         Names used to say where bad values are.
+    allow_negative
+        The file declares latent (not count, not normalised) values (``uns[KEYS.IS_COUNTS] = False``).
 
     Returns
     -------
@@ -288,7 +291,7 @@ def check_values(m: Any, *, where: str, claimed_counts: bool, genes: pd.Index, c
             f"{where} holds {kinds} value(s) ({_where(lambda v: ~np.isfinite(v))}); expression must be finite: "
             "fix or drop those cells/genes before loading"
         )
-    if stats.n_negative:
+    if stats.n_negative and not allow_negative:
         raise ScreenContentError(
             f"{where} holds {stats.n_negative} negative value(s) (min {stats.vmin:.4g}; {_where(lambda v: v < 0)}); "
             "it looks scaled or centred: provide raw UMI counts (or log-normalised, non-negative values)"

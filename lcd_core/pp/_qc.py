@@ -15,9 +15,9 @@ from ..errors import ConfigError, ScreenContentError
 logger = logging.getLogger(__name__)
 
 #: uns key where :func:`qc` records its parameters and what it removed
-QC_KEY = "lcd_qc"
+QC_KEY = KEYS.QC
 #: uns key where :func:`filter_conditions` records what it removed
-CONDITION_FILTER_KEY = "lcd_condition_filter"
+CONDITION_FILTER_KEY = KEYS.CONDITION_FILTER
 
 
 @dataclass(frozen=True)
