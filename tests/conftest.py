@@ -47,9 +47,9 @@ def tiny_config(seed: int = 0):
     from lcd_core.model import get_preset
 
     cfg = get_preset("demo", seed=seed)
-    cfg.stage1.steps, cfg.stage1.warmup, cfg.stage1.n_samples, cfg.stage1.log_every = 30, 5, 64, 5
+    cfg.stage1.steps, cfg.stage1.warmup, cfg.stage1.n_samples, cfg.stage1.log_every = 100, 5, 64, 10
     cfg.stage2.hidden, cfg.stage2.emb_dim, cfg.stage2.batch_size = 32, 8, 128
-    cfg.stage2.steps, cfg.stage2.log_every = 60, 10
+    cfg.stage2.steps, cfg.stage2.log_every = 300, 50
     cfg.n_latent_samples = 200
     cfg.min_cells = 10
     cfg.checkpoint_seconds = 1.0

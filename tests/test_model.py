@@ -32,7 +32,7 @@ def test_run_directory_is_complete_and_describes_the_training(trained):
     assert cfg["heldout"] == ["G00+G01"]
     assert "G00+G01" not in cfg["train_conditions"] and "ctrl" in cfg["train_conditions"]
     assert cfg["data_hash"] == screen.data_hash
-    assert cfg["config"]["stage2"]["steps"] == 60
+    assert cfg["config"]["stage2"]["steps"] == 300
     assert (run / "model.safetensors").is_file()
 
 
@@ -125,3 +125,16 @@ def test_checkpoints_load_without_unpickling(trained):
     _, _, run = trained
     for ckpt in (run / "checkpoints").glob("*.pt"):
         torch.load(ckpt, weights_only=True)  # would raise on arbitrary pickled objects
+
+
+def test_predicted_cells_of_a_training_condition_beat_control_cells(trained):
+    """MMD to the observed cells: LCD's prediction of a training single must be closer than the
+    observed control cells are (the model learned the perturbation, not only the baseline)."""
+    from lcd_core.metrics import mmd
+
+    screen, model, _ = trained
+    for cond in ("G01", "G02", "G03"):
+        obs = screen.log1p(cond)
+        pred = model.predict([cond], n_cells=200, seed=0).cells[cond]
+        ctrl = screen.log1p("ctrl")
+        assert mmd(pred, obs) < mmd(ctrl, obs), cond

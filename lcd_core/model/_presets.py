@@ -61,8 +61,10 @@ def get_preset(name: str, *, seed: int = 0) -> TrainConfig:
 def _demo() -> TrainConfig:
     return TrainConfig(
         preset="demo",
-        stage1=Stage1Config(generator="gaussian", n_samples=512, batch_size=64, steps=400, warmup=40, lr=3e-3,
-                            log_every=20),
+        # gaussian generators with a moment warm start: ~2.4x cheaper than the MLP and nearly as good at
+        # this size; 20 conditions per step is safe with beta1 = 0 (a skipped condition gets no update)
+        stage1=Stage1Config(generator="gaussian", n_samples=500, batch_size=64, conditions_per_step=20, steps=250,
+                            warmup=10, lr=3e-3, log_every=10),
         stage2=Stage2Config(hidden=512, n_layers=2, emb_dim=256, batch_size=1024, steps=3000, weight_decay=0.3,
                             log_every=50),
         n_latent_samples=2000,

@@ -6,7 +6,7 @@ from ._directed import clipr_directed, clipr_directed_from_data, interventional_
 from ._enrichment import bh_adjust, enrich_modules, read_gmt
 from ._export import effects_long, write_effects_csv, write_graphml, write_modules_tsv
 from ._fixed_points import fixed_points
-from ._interactions import classify_interactions, distance_correlation, interaction_from_cells, interaction_scores
+from ._interactions import DEFAULT_THRESHOLDS, classify_interactions, distance_correlation, interaction_from_cells, interaction_scores
 from ._modules import ModuleResult, find_modules
 from ._recovery import causal_recovery, sign_auroc, sign_macro_f1
 from ._whatif import whatif_shift
@@ -17,7 +17,7 @@ __all__ = [
     "fixed_points", "whatif_shift",
     "ModuleResult", "find_modules",
     "read_gmt", "enrich_modules", "bh_adjust",
-    "interaction_scores", "classify_interactions", "interaction_from_cells", "distance_correlation",
+    "interaction_scores", "classify_interactions", "DEFAULT_THRESHOLDS", "interaction_from_cells", "distance_correlation",
     "effects_long", "write_effects_csv", "write_modules_tsv", "write_graphml",
     "sign_auroc", "sign_macro_f1", "causal_recovery",
 ]

@@ -1,0 +1,81 @@
+"""Functional modules of an effect matrix, and exports."""
+
+from __future__ import annotations
+
+import json
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from lcd_core.errors import ConfigError
+from lcd_core.tl._export import effects_long, write_effects_csv, write_graphml, write_modules_tsv
+from lcd_core.tl._modules import find_modules
+
+
+def block_effects(sizes, rng, within=(1.0, 3.0), noise=0.02, density=0.6):
+    d = sum(sizes)
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    E = rng.normal(0, noise, (d, d))
+    same = truth[:, None] == truth[None, :]
+    strong = same & (rng.random((d, d)) < density)
+    E[strong] = rng.choice([-1, 1], strong.sum()) * rng.uniform(*within, strong.sum())
+    np.fill_diagonal(E, -1.0)
+    return E, truth
+
+
+def test_blocks_are_found_and_hubs():
+    rng = np.random.default_rng(0)
+    E, truth = block_effects([8, 10, 12, 6], rng)
+    # make gene 3 a hub of block 0
+    E[3, :8] = 5.0
+    genes = [f"g{i}" for i in range(len(truth))]
+    res = find_modules(E, genes)
+    assert adjusted_rand_score(truth, res.labels) == 1.0
+    assert (res.labels != "unassigned").all()
+    assert res.hubs[res.labels[3]][0] == "g3"
+    assert sorted(res.order.tolist()) == list(range(len(genes)))
+    np.testing.assert_allclose(res.reordered, E[np.ix_(res.order, res.order)])
+    # leaf order keeps blocks contiguous
+    lab = res.labels[res.order]
+    assert sum(lab[i] != lab[i + 1] for i in range(len(lab) - 1)) == 3
+
+
+def test_cut_changes_module_count_and_min_size():
+    rng = np.random.default_rng(1)
+    E, truth = block_effects([8, 10, 12, 6], rng)
+    genes = [f"g{i}" for i in range(len(truth))]
+    n = {cut: len(set(find_modules(E, genes, cut=cut).labels) - {"unassigned"}) for cut in (0.01, 0.175, 0.99)}
+    assert n[0.175] == 4 and n[0.99] == 1 and n[0.01] == 0
+    small = find_modules(E, genes, min_size=7)
+    assert (small.labels[truth == 3] == "unassigned").all()
+    with pytest.raises(ConfigError):
+        find_modules(E, genes[:-1])
+
+
+def test_exports_with_provenance(tmp_path):
+    rng = np.random.default_rng(2)
+    E, truth = block_effects([6, 6], rng)
+    genes = [f"g{i}" for i in range(12)]
+    prov = {"data_hash": "abc123", "run": "run1", "variant": "directed", "lam": 1e-4, "seed": 0}
+    long = effects_long(E, genes, threshold=0.5)
+    assert set(long.columns) == {"source", "target", "effect"} and (long["effect"].abs() > 0.5).all()
+    assert long.iloc[0]["effect"] == E[~np.eye(12, dtype=bool)][np.argmax(np.abs(E[~np.eye(12, dtype=bool)]))]
+    p = write_effects_csv(tmp_path / "e.csv", E, genes, provenance=prov, threshold=0.5)
+    first = p.read_text().splitlines()[0]
+    assert first.startswith("#") and json.loads(first.split(":", 1)[1])["data_hash"] == "abc123"
+    back = pd.read_csv(p, comment="#")
+    pd.testing.assert_frame_equal(back, long)
+    mods = find_modules(E, genes)
+    enr = pd.DataFrame({"module": ["M1"], "term": ["T1"]})
+    t = write_modules_tsv(tmp_path / "m.tsv", mods, enrichment=enr, provenance=prov)
+    tab = pd.read_csv(t, sep="\t", comment="#", keep_default_na=False)
+    assert list(tab.columns) == ["gene", "module", "is_hub", "top_terms"]
+    assert (tab.loc[tab["module"] == "M1", "top_terms"] == "T1").all()
+    g, side = write_graphml(tmp_path / "g.graphml", E, genes, threshold=0.5, provenance=prov, modules=mods)
+    G = nx.read_graphml(g)
+    assert G.number_of_edges() == len(long) and json.loads(side.read_text())["variant"] == "directed"
+    with pytest.raises(ConfigError):
+        write_effects_csv(tmp_path / "x.csv", E, genes, provenance={"bad": object()})
