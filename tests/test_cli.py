@@ -130,3 +130,17 @@ def test_interrupted_training_resumes_from_its_checkpoint(tiny_h5ad, tmp_path, s
     assert not stage1, "stage 1 was trained again instead of resumed"
     assert stage2 and stage2[0]["step"] > step_before
     assert (out / "COMPLETE").exists()
+
+
+def test_inspect_demo_matches_the_file():
+    root = Path(__file__).resolve().parents[1]
+    demo = root / "assets" / "demo_screen.h5ad"
+    out = run("inspect", demo).stdout
+    a = ad.read_h5ad(demo)
+    labels = a.obs["perturbation"].astype(str)
+    n_combos = sum("+" in c for c in labels.unique())
+    n_singles = labels.nunique() - 1 - n_combos
+    assert f"cells:       {a.n_obs:,}" in out and f"genes: {a.n_vars}" in out
+    assert f"{labels.nunique()} = 1 control + {n_singles} singles + {n_combos} combinations" in out
+    assert f"control:     {(labels == 'ctrl').sum():,} cells" in out
+    assert "simulated:   yes" in out and "truth: yes" in out and "split: yes" in out
