@@ -1,0 +1,190 @@
+"""Training loop of stage 2: denoising score matching on standardised latent samples (METHOD.md §2)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..module._score import ScoreNet
+
+
+@dataclass
+class Stage2Config:
+    """Settings of stage 2 (defaults: METHOD.md §2)."""
+
+    # architecture
+    hidden: int = 1024  # width of each hidden layer (2048 at genome scale)
+    n_layers: int = 2  # number of hidden layers
+    emb_dim: int = 1024  # perturbation embedding size E
+    level_emb_dim: int = 128  # sinusoidal level features
+    # noise schedule
+    n_levels: int = 30  # number of trained σ levels
+    sigma_max: float = 10.0  # largest σ (standardised units)
+    sigma_min: float = 0.01  # smallest σ; the drift is the score here
+    # optimisation
+    lr: float = 1e-3  # peak AdamW learning rate, cosine-decayed to 0 over `steps`
+    warmup_steps: int = 0  # linear warm-up before the cosine
+    weight_decay: float = 0.3  # AdamW decoupled weight decay
+    batch_size: int = 8192  # samples per step
+    steps: int = 50_000  # optimiser steps (100k at genome scale)
+    mixed_conditions: bool = True  # True: samples from all conditions per batch; False: one random condition
+    clip: float = 1.0  # gradient-norm clipping (≤ 0: off)
+    seed: int = 0  # initialisation, batches, levels and noise
+    log_every: int = 100  # steps between history entries / progress calls
+
+    def __post_init__(self):
+        for name in ("hidden", "n_layers", "emb_dim", "n_levels", "batch_size", "steps"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"Stage2Config.{name} must be ≥ 1, got {getattr(self, name)}.")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ConfigError(f"Need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}.")
+
+
+@dataclass
+class Stage2Result:
+    """Output of :func:`fit_stage2`.
+
+    Attributes
+    ----------
+    net
+        The trained :class:`~lcd_core.module.ScoreNet` in ``eval()`` mode.
+    history
+        One dict per logged step: ``step``, ``loss`` (mean DSM loss since the last entry), ``lr``, ``seconds``.
+    state
+        Resumable state (plain containers of tensors/ints/floats; ``torch.save``-able and loadable with
+        ``weights_only=True``). Pass it back as ``state=`` to continue.
+    finished
+        Whether all ``config.steps`` ran (``False`` when stopped by ``max_seconds``).
+    """
+
+    net: ScoreNet
+    history: list[dict] = field(default_factory=list)
+    state: dict = field(default_factory=dict)
+    finished: bool = True
+
+
+def get_lr(step: int, config: Stage2Config) -> float:
+    """Linear warm-up, then cosine decay from ``config.lr`` to 0 at ``config.steps``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    frac = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.5 * config.lr * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def fit_stage2(
+    x: list[np.ndarray],
+    pert: np.ndarray,
+    config: Stage2Config | None = None,
+    *,
+    device: str = "cpu",
+    progress: Callable[[dict], None] | None = None,
+    state: dict | None = None,
+    max_seconds: float | None = None,
+) -> Stage2Result:
+    """Fit the noise-conditional score network by denoising score matching.
+
+    Parameters
+    ----------
+    x
+        One ``(n_q, d)`` array per condition: standardised latent samples (METHOD.md §2,
+        ``x = (s − μ_ctrl) / σ_all``).
+    pert
+        ``(n_cond, P)`` multi-hot of each condition's targets (control: a row of zeros). Genes with an
+        all-zero column get the mean embedding at prediction time.
+    config
+        :class:`Stage2Config`; default settings when ``None``.
+    device
+        Torch device for the net and the data.
+    progress
+        Called with each history entry (a dict) every ``config.log_every`` steps.
+    state
+        A previous result's ``state`` to resume from (same data and config).
+    max_seconds
+        Stop after this much wall time (the state stays resumable).
+
+    Returns
+    -------
+    :class:`Stage2Result`.
+    """
+    config = Stage2Config() if config is None else config
+    pert_np = np.asarray(pert, dtype=np.float32)
+    if pert_np.ndim != 2 or pert_np.shape[0] != len(x):
+        raise ConfigError(f"`pert` must be (n_cond={len(x)}, P), got shape {pert_np.shape}.")
+    d = int(np.asarray(x[0]).shape[1])
+    # All conditions in one tensor; a sample is (condition, row) -> offsets[c] + row.
+    data = torch.as_tensor(np.concatenate([np.asarray(xi, dtype=np.float32) for xi in x]), device=device)
+    sizes = torch.tensor([len(xi) for xi in x], device=device)
+    offsets = torch.cumsum(sizes, 0) - sizes
+    perts = torch.as_tensor(pert_np, device=device)
+    del x, pert
+
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+        torch.manual_seed(config.seed)
+        net = ScoreNet(
+            d, perts.shape[1], hidden=config.hidden, n_layers=config.n_layers, emb_dim=config.emb_dim,
+            level_emb_dim=config.level_emb_dim, n_levels=config.n_levels, sigma_max=config.sigma_max,
+            sigma_min=config.sigma_min,
+        ).to(device)
+    net.trained_mask.copy_(perts.sum(0) > 0)
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    step, history = 0, []
+    if state is not None:  # resume
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["rng"])
+        step, history = int(state["step"]), list(state["history"])
+
+    def draw_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        n = config.batch_size
+        if config.mixed_conditions:
+            cond = torch.randint(0, len(sizes), (n,), generator=gen, device=device)
+        else:  # the paper: one random condition per step
+            cond = torch.randint(0, len(sizes), (1,), generator=gen, device=device).expand(n)
+        row = (torch.rand(n, generator=gen, device=device) * sizes[cond]).long()
+        return data[offsets[cond] + row], cond
+
+    net.train()
+    t0, running, n_running = time.monotonic(), 0.0, 0
+    while step < config.steps:
+        if max_seconds is not None and time.monotonic() - t0 > max_seconds:
+            break
+        # learning rate of this step
+        lr = get_lr(step, config)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        # DSM step: loss, backward, clip, step
+        xb, cond = draw_batch()
+        out = net.loss(xb, perts, gen, index=cond)
+        out.loss.backward()
+        if config.clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        running += out.components["dsm"]
+        n_running += 1
+        # log
+        if step % config.log_every == 0 or step == config.steps:
+            entry = {"step": step, "loss": running / n_running, "lr": lr, "seconds": time.monotonic() - t0}
+            history.append(entry)
+            running, n_running = 0.0, 0
+            if progress is not None:
+                progress(entry)
+
+    net.eval()
+    state = {
+        "net": {k: v.detach().clone() for k, v in net.state_dict().items()},
+        "opt": opt.state_dict(),
+        "rng": gen.get_state(),
+        "step": step,
+        "history": history,
+        "config": asdict(config),
+    }
+    return Stage2Result(net=net, history=history, state=state, finished=step >= config.steps)
