@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from .._constants import KEYS
+from ..data._conventions import parse_label, targets_of
 from ..errors import ConfigError
 
 
@@ -75,10 +76,7 @@ class Baseline(Protocol):
 
 def parse_condition(condition: str) -> list[str]:
     """Target genes of a condition label (``"A+B"`` → ``["A", "B"]``; separator ``KEYS.COMBO_SEP``)."""
-    genes = [g.strip() for g in str(condition).split(KEYS.COMBO_SEP)]
-    if not genes or any(g == "" for g in genes):
-        raise ConfigError(f"Cannot parse condition {condition!r}: expected genes joined by {KEYS.COMBO_SEP!r}.")
-    return genes
+    return list(targets_of(parse_label(condition)))
 
 
 def validate_cells(

@@ -205,6 +205,25 @@ def targets_of(condition: str) -> tuple[str, ...]:
     return tuple(condition.split(KEYS.COMBO_SEP))
 
 
+def parse_label(label: str) -> str:
+    """A user-typed perturbation (``" B + A "``) as a canonical label (``A+B``); control stays ``ctrl``.
+
+    Raises
+    ------
+    ConfigError
+        An empty gene (``A+``), or a gene named twice (``A+A``).
+    """
+    label = str(label).strip()
+    if label == KEYS.CONTROL:
+        return label
+    parts = [p.strip() for p in label.split(KEYS.COMBO_SEP)]
+    if any(not p for p in parts):
+        raise ConfigError(f"malformed perturbation {label!r}: expected genes joined by '{KEYS.COMBO_SEP}', e.g. A+B")
+    if len(set(parts)) != len(parts):
+        raise ConfigError(f"perturbation {label!r} names a gene twice")
+    return KEYS.COMBO_SEP.join(sorted(parts))
+
+
 def to_convention(condition: str, convention: str) -> str:
     """Spell a canonical label in another convention (inverse of :func:`canonical_label`)."""
     targets = targets_of(condition)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .._constants import KEYS
 from .._device import resolve_device
-from ..data._conventions import targets_of
+from ..data._conventions import parse_label, targets_of
 from ..errors import ConfigError, RunError
 from ..module import ScoreNet, ZIPNoise
 from ..pp import normalize_log1p
@@ -148,9 +148,7 @@ class LCD:
             A gene the model has no embedding for (neither modelled nor a target of the screen), with
             close matches; an empty or repeated gene in the label.
         """
-        targets = targets_of(label)
-        if len(set(targets)) != len(targets):
-            raise ConfigError(f"perturbation {label!r} names a gene twice")
+        targets = targets_of(parse_label(label))
         vec = np.zeros(len(self.pert_genes), dtype=np.float32)
         trained = set(self.trained_genes)
         for g in targets:
@@ -218,7 +216,7 @@ class LCD:
             raise ConfigError("no perturbation given")
         cells, latent, unseen = {}, {}, {}
         for label in perturbations:
-            label = _canonical(label)
+            label = parse_label(label)
             _, new = self.multihot(label)
             x = self.sample_standardised(label, n_cells, sampler=sampler, n_evals=n_evals, seed=seed)
             s = self.mu + self.sd * x
@@ -299,16 +297,6 @@ class LCD:
 
 def _label_seed(seed: int, label: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(label.encode())) % (2**63 - 1)
-
-
-def _canonical(label: str) -> str:
-    label = label.strip()
-    if label == KEYS.CONTROL:
-        return label
-    parts = [p.strip() for p in label.split(KEYS.COMBO_SEP)]
-    if any(not p for p in parts):
-        raise ConfigError(f"malformed perturbation {label!r}: expected genes joined by '{KEYS.COMBO_SEP}', e.g. A+B")
-    return KEYS.COMBO_SEP.join(sorted(parts))
 
 
 def _short(e: Exception) -> str:

@@ -11,14 +11,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._constants import KEYS
+from ..data._conventions import targets_of
 from ..errors import ConfigError, ScreenContentError
 from ._normalize import normalize_log1p
 
 logger = logging.getLogger(__name__)
 
-
-def _targets(label: str) -> list[str]:
-    return [] if label == KEYS.CONTROL else label.split(KEYS.COMBO_SEP)
 
 
 def _expression_for_selection(adata: Any, rows: np.ndarray, is_control: np.ndarray, is_counts: bool | None) -> Any:
@@ -88,19 +86,19 @@ def select_genes(
     if KEYS.CONTROL not in present:
         raise ScreenContentError("no control cells; gene selection compares singles with control")
     if train_conditions is None:
-        singles = sorted(c for c in present if len(_targets(c)) == 1)
+        singles = sorted(c for c in present if len(targets_of(c)) == 1)
     else:
         unknown = [c for c in train_conditions if c not in present]
         if unknown:
             raise ConfigError(f"train_conditions not in the screen: {unknown[:10]}")
-        singles = sorted({c for c in train_conditions if len(_targets(c)) == 1})
+        singles = sorted({c for c in train_conditions if len(targets_of(c)) == 1})
     del train_conditions
     genes = adata.var_names.astype(str)
     n_genes = min(n_genes, len(genes))
     measured = set(genes)
 
     # 1. targeted genes (all perturbations of the screen: known by design, not learned from held-out cells)
-    targeted = sorted({t for c in present for t in _targets(c) if t in measured})
+    targeted = sorted({t for c in present for t in targets_of(c) if t in measured})
     chosen: list[str] = targeted[:n_genes]
     if len(targeted) > n_genes:
         logger.warning("select_genes: %d targeted genes exceed n_genes=%d; truncated", len(targeted), n_genes)

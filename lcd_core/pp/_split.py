@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._constants import KEYS
+from ..data._conventions import targets_of
 from ..errors import ConfigError
 
 
@@ -18,9 +19,6 @@ def _conditions(screen: Any) -> list[str]:
     labels = set(screen.obs[KEYS.PERT].astype(str))
     return [KEYS.CONTROL] + sorted(labels - {KEYS.CONTROL})
 
-
-def _targets(label: str) -> list[str]:
-    return [] if label == KEYS.CONTROL else label.split(KEYS.COMBO_SEP)
 
 
 def split_combinations(
@@ -60,10 +58,10 @@ def split_combinations(
     """
     rng = np.random.default_rng(seed)
     conditions = _conditions(screen)
-    singles = {c for c in conditions if len(_targets(c)) == 1}
-    combos = [c for c in conditions if len(_targets(c)) > 1]
+    singles = {c for c in conditions if len(targets_of(c)) == 1}
+    combos = [c for c in conditions if len(targets_of(c)) > 1]
     order = [combos[i] for i in rng.permutation(len(combos))]
-    testable = [c for c in order if all(t in singles for t in _targets(c))]
+    testable = [c for c in order if all(t in singles for t in targets_of(c))]
     untestable = sorted(set(combos) - set(testable))
     if n_tuning < 0 or n_folds < 1:
         raise ConfigError(f"need n_tuning >= 0 and n_folds >= 1, got {n_tuning}, {n_folds}")
