@@ -209,6 +209,7 @@ def cmd_modules(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .data import read_screen
     from .model import LCD, evaluate_run, write_report
+    from .model._evaluate import cell_eval_files
 
     _require_local(args)
     screen = read_screen(args.data, **_screen_kwargs(args))
@@ -219,11 +220,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         prov = {"run": args.run, "protocol": "k-fold", "version": __version__, "data_hash": screen.data_hash}
     else:
         model = LCD.load(args.run, device=args.device)
-        per_condition = evaluate_run(model, screen, n_cells=args.cells, seed=args.seed)
+        kept: dict = {}
+        per_condition = evaluate_run(model, screen, n_cells=args.cells, seed=args.seed, keep_predictions=kept)
         prov = _provenance(model, cells_per_condition=args.cells, sampler=model.info.get("sampler"))
     out = write_report(per_condition, args.out, provenance=prov)
+    if not args.folds:
+        cell_eval_files(model, screen, kept["lcd"], out, seed=args.seed)
     print((out / "summary.md").read_text())
-    print(f"wrote {out}/ (per_condition.csv, summary.md, summary.csv, plots)")
+    print(f"wrote {out}/ (per_condition.csv, summary.md, summary.csv, plots"
+          + ("" if args.folds else "; predicted.h5ad + observed.h5ad for cell-eval") + ")")
 
 
 def _atomic_write_h5ad(adata, out: Path) -> None:

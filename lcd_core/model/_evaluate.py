@@ -40,7 +40,8 @@ def check_screen_matches(model: LCD, screen: Screen) -> None:
 
 def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = None, n_cells: int = 500,
                  seed: int = 0, sampler: str | None = None, n_evals: int | None = None,
-                 progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
+                 progress: Callable[[int, int, str], None] | None = None,
+                 keep_predictions: dict | None = None) -> pd.DataFrame:
     """Predict every held-out condition with LCD and each baseline; score each with every metric.
 
     Parameters
@@ -59,6 +60,8 @@ def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = N
         LCD sampler and budget (default: the run's).
     progress
         ``progress(i, n, condition)`` after each condition.
+    keep_predictions
+        If a dict is given, it receives ``method → {condition: (n_cells, d) cells}``.
 
     Returns
     -------
@@ -86,6 +89,9 @@ def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = N
         obs = screen.log1p(cond)
         preds = {"lcd": model.predict([cond], n_cells, sampler=sampler, n_evals=n_evals, seed=seed).cells[cond]}
         preds |= {name: b.predict(cond, n_cells, seed=seed) for name, b in baselines.items()}
+        if keep_predictions is not None:
+            for method, pred in preds.items():
+                keep_predictions.setdefault(method, {})[cond] = pred
         for method, pred in preds.items():
             scores = evaluate_condition(pred, obs, control, train_perturbed_mean=train_perturbed_mean, seed=seed)
             rows.append({"method": method, "condition": cond, "n_obs": len(obs), **scores})
@@ -190,3 +196,29 @@ def evaluate_folds(run: str | Path, screen: Screen, *, n_cells: int = 500, seed:
         table = evaluate_run(model, screen, n_cells=n_cells, seed=seed, conditions=list(protocol["folds"][f]))
         tables.append(table.assign(fold=f))
     return pd.concat(tables, ignore_index=True)
+
+
+def cell_eval_files(model: LCD, screen: Screen, predictions: dict[str, np.ndarray], out: str | Path, *,
+                    n_control: int = 500, seed: int = 0) -> tuple[Path, Path]:
+    """Write ``predicted.h5ad`` and ``observed.h5ad`` in the layout cell-eval reads: log1p CP10k in
+    ``.X``, the same genes in the same order, ``obs["perturbation"]`` with ``ctrl`` control cells in both
+    (generated control cells in the prediction)."""
+    import anndata as ad
+
+    out = Path(out)
+    pred_ctrl = model.predict([KEYS.CONTROL], n_control, seed=seed).cells[KEYS.CONTROL]
+    pred = {KEYS.CONTROL: pred_ctrl, **predictions}
+    obs = {c: screen.log1p(c) for c in pred}
+
+    def to_adata(cells: dict[str, np.ndarray]) -> ad.AnnData:
+        labels = np.repeat(list(cells), [len(v) for v in cells.values()])
+        a = ad.AnnData(X=np.concatenate(list(cells.values())).astype(np.float32),
+                       obs=pd.DataFrame({KEYS.PERT: pd.Categorical(labels)},
+                                        index=[f"cell{i}" for i in range(len(labels))]),
+                       var=pd.DataFrame(index=list(model.genes)))
+        return a
+
+    paths = out / "predicted.h5ad", out / "observed.h5ad"
+    to_adata(pred).write_h5ad(paths[0])
+    to_adata(obs).write_h5ad(paths[1])
+    return paths

@@ -36,11 +36,13 @@ def resolve_split(screen: Screen, *, heldout: list[str] | None = None, fold: int
                   seed: int = 0) -> dict:
     """Which conditions train and which are held out.
 
-    Priority: an explicit ``heldout`` list; else fold ``fold`` of the paper's protocol
-    (:func:`lcd_core.pp.split_combinations`); else the split shipped with the screen
-    (``uns["lcd_split"]``, e.g. the demo's); else nothing is held out.
+    Priority: an explicit ``heldout`` list (``[]``: hold out nothing, even if the screen ships a split);
+    else fold ``fold`` of the paper's protocol (:func:`lcd_core.pp.split_combinations`); else the split
+    shipped with the screen (``uns["lcd_split"]``, e.g. the demo's); else nothing is held out.
     """
-    if heldout is not None:
+    if heldout is not None and len(heldout) == 0:
+        held, source = [], "none (explicitly)"
+    elif heldout is not None:
         split = explicit_split(screen, heldout)
         held = list(split["test"]) if "test" in split else list(split.get("heldout", heldout))
         source = "explicit"
