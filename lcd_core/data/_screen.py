@@ -12,6 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._constants import KEYS
+from ._conventions import parse_label
 from ..errors import ConfigError, ScreenContentError, ScreenFormatError
 from ._conventions import targets_of
 from ._validate import ValueStats
@@ -226,9 +227,12 @@ class Screen:
 
     @property
     def split(self) -> dict | None:
-        """The split stored in ``uns[KEYS.SPLIT]`` (string arrays as lists), or ``None``."""
+        """The split stored in ``uns[KEYS.SPLIT]`` (string arrays as lists, labels canonical: a stored
+        ``B+A`` reads as ``A+B`` like the cells' own labels), or ``None``."""
         s = self.adata.uns.get(KEYS.SPLIT)
-        return None if s is None else _plain(s)
+        if s is None:
+            return None
+        return {k: [parse_label(v) for v in val] if isinstance(val, list) else val for k, val in _plain(s).items()}
 
     @cached_property
     def data_hash(self) -> str:

@@ -56,6 +56,10 @@ def resolve_split(screen: Screen, *, heldout: list[str] | None = None, fold: int
         source = f"fold {fold} of the paper's protocol (seed {seed}); tuning doubles also held out"
     elif screen.split and len(screen.split.get("heldout", [])):
         held = [str(c) for c in screen.split["heldout"]]
+        unknown = [c for c in held if c not in set(screen.conditions)]
+        if unknown:
+            raise ConfigError(f"the split shipped with the screen holds out conditions it does not measure: "
+                              f"{', '.join(unknown[:5])}; pass --holdout-combos explicitly")
         source = "shipped with the screen (uns['lcd_split'])"
     else:
         held, source = [], "none"
