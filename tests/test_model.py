@@ -138,3 +138,16 @@ def test_predicted_cells_of_a_training_condition_beat_control_cells(trained):
         pred = model.predict([cond], n_cells=200, seed=0).cells[cond]
         ctrl = screen.log1p("ctrl")
         assert mmd(pred, obs) < mmd(ctrl, obs), cond
+
+
+def test_the_demo_split_holds_out_every_listed_double():
+    """Regression: a stored label 'B+A' must hold out the cells the screen calls 'A+B'."""
+    from pathlib import Path
+
+    from lcd_core.model import resolve_split
+
+    screen = read_screen(Path(__file__).resolve().parents[1] / "assets" / "demo_screen.h5ad")
+    split = resolve_split(screen)
+    assert len(split["heldout"]) == len(screen.split["heldout"]) == 16
+    assert not set(split["heldout"]) & set(split["train"])
+    assert all(c in screen.combos for c in split["heldout"])
