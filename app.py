@@ -1,44 +1,163 @@
-"""LCD Explorer, entry page: which screen, which model, what the app does.
+"""LCD Explorer, Home: which screen, which model, what the app does.
 
-Run with ``streamlit run app.py``. Pages live in ``pages/``; all science lives in ``lcd_core``.
+Run with ``streamlit run app.py``. The other pages live in ``pages/`` (Streamlit's auto-discovery);
+all science lives in ``lcd_core``, UI-only helpers in ``ui_helpers.py``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-from lcd_core import LCDError, __version__
+import ui_helpers as ui
+from lcd_core import LCDError
 
-st.set_page_config(page_title="LCD Explorer", page_icon="🧬", layout="wide")
+ABOUT = (
+    "**LCD (latent causal diffusion)** learns how a cell's gene expression behaves as a noisy dynamical "
+    "system: every cell is a snapshot of that system at rest, seen through sequencing noise, and a genetic "
+    "perturbation (CRISPRi knock-down, CRISPRa activation) nudges the system's rules. Because the model "
+    "learns the rules rather than memorising conditions, it predicts whole *populations* of cells for "
+    "perturbations it has never seen, including combinations of genes that were only perturbed one at a "
+    "time. **CLIPR** then reads the learned rules as a map of direct gene-to-gene effects (who activates "
+    "or represses whom), which the app groups into functional modules. Start on **Perturb** to ask "
+    "*what happens if…?*, or on **Causal graph** to browse regulators and targets."
+)
 
 
-@st.cache_resource(show_spinner="Loading the demo screen…")
-def _demo_screen():
-    # cache_resource: one shared, read-only Screen for every session
-    from lcd_core.data import read_screen
-    from lcd_core.simulation import demo_screen_path
+def reading_options() -> dict:
+    """How to read a file whose conventions are not detected (the fix the error messages name)."""
+    with st.expander("Reading options (when the perturbation column is not detected)"):
+        c1, c2, c3 = st.columns(3)
+        return {"perturbation_key": c1.text_input("Perturbation column", key="opt_pert_key").strip() or None,
+                "control_label": c2.text_input("Control label", key="opt_control").strip() or None,
+                "combo_sep": c3.text_input("Combination separator", key="opt_sep").strip() or None}
 
-    return read_screen(demo_screen_path())
+
+def screen_chooser() -> None:
+    cfg = ui.settings()
+    options = ["demo", "upload", "path"]
+    labels = {"demo": "Embedded demo (simulated)", "upload": "Upload an .h5ad", "path": "A file on this machine"}
+    src = st.session_state.get("screen_source", "demo")
+    choice = st.radio("Screen", options, index=options.index(src) if src in options else 0,
+                      format_func=labels.get, horizontal=True)
+    options = reading_options() if choice != "demo" else {}
+    if choice == "demo":
+        if cfg.demo_screen is None or not cfg.demo_screen.exists():
+            st.error("The embedded demo screen is missing (assets/demo_screen.h5ad); reinstall, or upload a screen.")
+            return
+        _use_screen(cfg.demo_screen, "demo")
+    elif choice == "upload":
+        up = st.file_uploader(f"Perturb-seq screen (.h5ad, at most {ui.upload_limit_mb()} MB)", key="upload",
+                              help="Raw UMI counts in .X or layers['counts']; obs['perturbation'] with ctrl / A / A+B "
+                                   "(GEARS and scPerturb conventions are detected).")
+        if up is not None:
+            try:
+                path = ui.save_upload(up)
+                ui.load_screen(path, options)
+            except LCDError as e:
+                st.error(f"{up.name}: {e}")
+                return
+            _use_screen(path, "upload", options)
+    else:
+        typed = st.text_input("Path to an .h5ad file", value=st.session_state.get("typed_path", ""),
+                              placeholder="/data/norman2019.h5ad")
+        if typed:
+            st.session_state["typed_path"] = typed
+            try:
+                ui.load_screen(Path(typed).expanduser(), options)
+            except LCDError as e:
+                st.error(f"{typed}: {e}")
+                return
+            _use_screen(Path(typed).expanduser(), "path", options)
+
+
+def _use_screen(path: Path, source: str, options: dict | None = None) -> None:
+    path = str(Path(path).resolve())
+    options = {k: v for k, v in (options or {}).items() if v}
+    if st.session_state.get("screen_path") != path or st.session_state.get("screen_options", {}) != options:
+        st.session_state["screen_path"] = path
+        st.session_state["screen_options"] = options
+        st.session_state["screen_source"] = source
+        try:
+            run = ui.default_run(ui.current_screen())
+        except LCDError:
+            run = None
+        st.session_state["run_path"] = str(run) if run else None
+    else:
+        st.session_state["screen_source"] = source
+
+
+@st.fragment(run_every=3.0)
+def trainings_in_progress() -> None:
+    """Trainings running in the background (started here or on the Train page); reruns the page when
+    one finishes, so its run appears in the picker."""
+    running = [r for r in ui.training_jobs() if r["state"] == "running"]
+    for rec in running:
+        prog = ui.training_progress(rec)
+        st.progress(min(prog["step"] / max(prog["total"], 1), 1.0),
+                    text=f"Training `{rec['name']}`: {prog['stage'] or 'starting'} step {prog['step']}/{prog['total']}"
+                         f" · ETA {ui.fmt_seconds(prog['eta'])} (this stage)")
+    if running:
+        st.session_state["_home_training"] = True
+    elif st.session_state.pop("_home_training", False):
+        st.rerun(scope="app")
 
 
 def main() -> None:
+    screen, _ = ui.page_setup("Home", run_in_sidebar=False)
     st.title("LCD Explorer")
-    st.caption(f"lcd-explorer {__version__}")
-    st.markdown(
-        "Ask a Perturb-seq screen *what would happen if…?* **LCD** (latent causal diffusion) learns a "
-        "generative model of single-cell expression: each cell is a draw from the stationary state of a "
-        "stochastic dynamical system, seen through count noise, and a perturbation shifts that system. "
-        "The model therefore predicts whole distributions of cells, also for combinations of perturbations "
-        "never measured. **CLIPR** reads the learned dynamics out as a matrix of direct gene-to-gene causal "
-        "effects, which the app groups into functional modules."
-    )
+    st.markdown(ABOUT)
+
+    st.subheader("1 · The screen")
+    screen_chooser()
     try:
-        screen = _demo_screen()
+        screen = ui.current_screen()
     except LCDError as e:
-        st.error(f"The embedded demo screen could not be read: {e}")
+        ui.show_error(e, "The screen could not be read")
+        screen = None
+    if screen is not None:
+        s = screen.summary()
+        cols = st.columns(5)
+        cols[0].metric("cells", f"{s['n_cells']:,}")
+        cols[1].metric("genes", s["n_genes"])
+        cols[2].metric("singles", s["n_singles"])
+        cols[3].metric("combinations", s["n_combos"])
+        cols[4].metric("control cells", f"{s['n_control_cells']:,}")
+        if s["simulated"]:
+            st.info("This screen is **simulated**: it ships its true causal graph and modules, so the pages show "
+                    "truth beside the estimate.")
+        with st.expander("What the screen contains", expanded=False):
+            st.code(screen.format_summary(), language=None)
+
+    st.subheader("2 · The model")
+    run = ui.run_picker(screen)
+    if run is None:
+        st.markdown("No model is ready for this screen yet.")
+        trainings_in_progress()
+        if screen is not None and st.button("Train a model on this screen now (demo preset, a few minutes)",
+                                            type="primary"):
+            try:
+                rec = ui.start_training(screen.path, f"demo-{len(ui.training_jobs()) + 1}", preset="demo",
+                                        screen_options=st.session_state.get("screen_options"))
+                st.success(f"Training started in the background: run `{rec['name']}`. Follow it on the Train page.")
+            except LCDError as e:
+                ui.show_error(e, "Training could not start")
+        st.page_link("pages/4_Train.py", label="Train page", icon=":material/model_training:")
         return
-    st.subheader("Screen: embedded demo (simulated)")
-    st.text(screen.format_summary())
+    model = ui.require_model(screen, run)
+    if model is None:
+        return
+    info = model.info
+    st.success(f"Model ready: `{Path(run).name}` · {len(model.genes)} genes · {len(model.conditions)} training "
+               f"conditions · {len(info.get('heldout', []))} held out · preset {info.get('preset')} · seed {info.get('seed')}")
+    if screen is not None and not ui.same_genes(model, screen):
+        st.warning("This run models other genes than the selected screen: predictions work, comparisons with "
+                   "observed cells and the benchmark need the screen the run was trained on.")
+    c1, c2, c3 = st.columns(3)
+    c1.page_link("pages/1_Perturb.py", label="Perturb: what happens if…?", icon=":material/science:")
+    c2.page_link("pages/2_Causal_graph.py", label="Causal graph", icon=":material/hub:")
+    c3.page_link("pages/3_Modules.py", label="Modules", icon=":material/grid_view:")
 
 
 main()

@@ -90,9 +90,13 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(screen.format_summary())
 
 
-def _require_local(args: argparse.Namespace) -> None:
-    if getattr(args, "backend", "local") != "local":
-        raise ConfigError("--backend ray is not available in this version yet; run with --backend local")
+def _backend(args: argparse.Namespace):
+    """The backend named by --backend / --ray-address (Ray is imported only when asked for)."""
+    from .backends import get_backend
+
+    if args.backend == "local" and args.ray_address:
+        raise ConfigError("--ray-address needs --backend ray")
+    return get_backend(args.backend, address=args.ray_address) if args.backend == "ray" else get_backend("local")
 
 
 class _ProgressBar:
@@ -124,10 +128,8 @@ class _ProgressBar:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .data import read_screen
-    from .model import apply_overrides, get_preset, train
+    from .model import RunDir, apply_overrides, get_preset
 
-    _require_local(args)
     config = apply_overrides(get_preset(args.preset, seed=args.seed), args.set)
     heldout = [c for c in args.holdout_combos.split(",") if c.strip()] if args.holdout_combos else None
     if args.dry_run:
@@ -135,35 +137,38 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         print(json.dumps(config.to_dict(), indent=2))
         return
-    screen = read_screen(args.screen, **_screen_kwargs(args))
     bar = _ProgressBar(args.quiet)
     max_s = args.max_minutes * 60 if args.max_minutes else None
-    try:
-        model = train(screen, args.out, config=config, device=args.device, heldout=heldout, fold=args.fold,
-                      progress=bar, max_seconds_per_stage=max_s)
-    finally:
-        bar.close()
-    print(f"trained {args.out}: {len(model.conditions)} training conditions, {model.n_genes} genes, "
-          f"held out {len(model.info['heldout'])}")
+    with _backend(args) as backend:
+        try:
+            run = backend.train(args.screen, args.out, config=config, device=args.device, heldout=heldout,
+                                fold=args.fold, progress=bar, read_kwargs=_screen_kwargs(args),
+                                max_seconds_per_stage=max_s)
+        finally:
+            bar.close()
+    cfg = RunDir(run).read_config()
+    print(f"trained {run}: {len(cfg['train_conditions'])} training conditions, {len(cfg['genes'])} genes, "
+          f"held out {len(cfg['heldout'])} (backend {args.backend})")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .model import LCD
+    from .model import RunDir
 
-    _require_local(args)
     if args.cells < 1:
         raise ConfigError(f"--cells must be at least 1, got {args.cells}")
-    model = LCD.load(args.run, device=args.device)
+    genes = RunDir(args.run).require_complete()["genes"]
     labels = [p for item in args.perturb for p in item.split(",") if p.strip()]
     if args.with_control:
         labels = ["ctrl", *labels]
-    pred = model.predict(labels, n_cells=args.cells, sampler=args.sampler, n_evals=args.steps, seed=args.seed)
+    with _backend(args) as backend:
+        pred = backend.predict(args.run, labels, args.cells, sampler=args.sampler, n_evals=args.steps,
+                               seed=args.seed, device=args.device)
     for label, genes in pred.unseen.items():
         print(f"lcd predict: note: {', '.join(genes)} in {label} never perturbed in training; "
               "using the mean perturbation embedding", file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_h5ad(pred.to_anndata(model.genes), out)
+    _atomic_write_h5ad(pred.to_anndata(genes), out)
     print(f"wrote {out}: {sum(len(v) for v in pred.cells.values())} cells of {len(pred.cells)} perturbation(s)")
 
 
@@ -176,9 +181,14 @@ def cmd_clipr(args: argparse.Namespace) -> None:
     from .model import LCD, get_clipr
     from .tl import write_effects_csv
 
-    _require_local(args)
     model = LCD.load(args.run, device=args.device)
-    result = get_clipr(model, variant=args.variant, lam=args.lam)
+    if args.backend == "ray" and args.variant == "paper":
+        with _backend(args) as backend:  # the fixed points run where the cluster has a GPU
+            result = backend.clipr(args.run, lam=args.lam, device=args.device)
+    elif args.backend == "ray":
+        raise ConfigError("--backend ray runs the paper variant; run the directed variant locally")
+    else:
+        result = get_clipr(model, variant=args.variant, lam=args.lam)
     for w in result.warnings:
         print(f"lcd clipr: warning: {w}", file=sys.stderr)
     out = Path(args.out)
@@ -211,14 +221,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .model import LCD, evaluate_run, write_report
     from .model._evaluate import cell_eval_files
 
-    _require_local(args)
     screen = read_screen(args.data, **_screen_kwargs(args))
     if args.folds:
         from .model import evaluate_folds
 
-        per_condition = evaluate_folds(args.run, screen, n_cells=args.cells, seed=args.seed, device=args.device)
+        with _backend(args) as backend:  # trains the folds (in parallel on Ray), then scores them here
+            per_condition = evaluate_folds(args.run, screen, n_cells=args.cells, seed=args.seed, device=args.device,
+                                           backend=backend, read_kwargs=_screen_kwargs(args))
         prov = {"run": args.run, "protocol": "k-fold", "version": __version__, "data_hash": screen.data_hash}
     else:
+        if args.backend != "local":
+            raise ConfigError("--backend ray applies to 'lcd evaluate --folds'; a single run is scored locally")
         model = LCD.load(args.run, device=args.device)
         kept: dict = {}
         per_condition = evaluate_run(model, screen, n_cells=args.cells, seed=args.seed, keep_predictions=kept)

@@ -23,3 +23,19 @@ class RunError(LCDError, RuntimeError):
 
 class ConfigError(LCDError, ValueError):
     """A configuration value or command-line argument is invalid."""
+
+
+class BackendError(LCDError, RuntimeError):
+    """A backend could not run the work (cluster, resources, remote failure)."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend cannot be reached (wrong or dead address, missing package)."""
+
+
+class BackendResourceError(BackendError):
+    """The cluster lacks the resources the job asks for (a GPU, CPUs)."""
+
+
+class JobCancelled(BackendError):
+    """The job was cancelled (``cancel()`` or Ctrl-C); no run that looks complete was left behind."""

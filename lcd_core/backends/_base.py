@@ -17,27 +17,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import LCDError
+from ..errors import BackendError, BackendResourceError, BackendUnavailable, JobCancelled, LCDError  # noqa: F401 (re-exported)
 
 #: ``progress(stage, step, total, record)``, the callback of :func:`lcd_core.model.train`
 Progress = Callable[[str, int, int, dict], None]
-
-
-# -- errors (LCDError: the CLI prints one line, the app shows a box) --------------------------------
-class BackendError(LCDError, RuntimeError):
-    """A backend could not run the work (cluster, resources, remote failure)."""
-
-
-class BackendUnavailable(BackendError):
-    """The backend cannot be reached (wrong or dead address, missing package)."""
-
-
-class BackendResourceError(BackendError):
-    """The cluster lacks the resources the job asks for (a GPU, CPUs)."""
-
-
-class JobCancelled(BackendError):
-    """The job was cancelled (``cancel()`` or Ctrl-C); no run that looks complete was left behind."""
 
 
 class Job(ABC):

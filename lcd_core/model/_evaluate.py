@@ -170,12 +170,15 @@ def _plots(df: pd.DataFrame, out: Path) -> None:
 
 
 def evaluate_folds(run: str | Path, screen: Screen, *, n_cells: int = 500, seed: int = 0, device: str = "auto",
-                   folds: list[int] | None = None, progress=None) -> pd.DataFrame:
+                   folds: list[int] | None = None, progress=None, backend=None,
+                   read_kwargs: dict | None = None) -> pd.DataFrame:
     """The paper's k-fold protocol end to end (METHOD.md §9): for each fold, train a model with the
     run's configuration on everything but that fold (and the tuning doubles) into ``<run>/folds/<f>``
     (resumed if interrupted), then evaluate on the fold's doubles.
 
-    Returns the per-condition table of all folds, with a ``fold`` column.
+    With a ``backend`` (:func:`lcd_core.backends.get_backend`) the unfinished folds are trained there
+    (all at once on Ray); ``screen.path`` must then be set. Returns the per-condition table of all
+    folds, with a ``fold`` column.
     """
     from ..pp import split_combinations
     from ._presets import TrainConfig
@@ -185,9 +188,15 @@ def evaluate_folds(run: str | Path, screen: Screen, *, n_cells: int = 500, seed:
     cfg = RunDir(run).read_config()
     config = TrainConfig.from_dict(cfg["config"])
     protocol = split_combinations(screen, seed=config.seed)
+    folds = list(folds if folds is not None else range(len(protocol["folds"])))
+    dirs = {f: Path(run) / "folds" / str(f) for f in folds}
+    todo = [f for f in folds if not RunDir(dirs[f]).is_complete()]
+    if todo and backend is not None and screen.path is not None:
+        backend.train_folds(screen.path, [dirs[f] for f in todo], todo, config=config, device=device,
+                            progress=progress, read_kwargs=read_kwargs)
     tables = []
-    for f in folds if folds is not None else range(len(protocol["folds"])):
-        fold_dir = Path(run) / "folds" / str(f)
+    for f in folds:
+        fold_dir = dirs[f]
         if RunDir(fold_dir).is_complete():
             model = LCD.load(fold_dir, device=device)
         else:

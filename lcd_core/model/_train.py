@@ -70,7 +70,7 @@ def resolve_split(screen: Screen, *, heldout: list[str] | None = None, fold: int
 
 def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device: str = "auto",
           heldout: list[str] | None = None, fold: int | None = None, progress: Progress | None = None,
-          max_seconds_per_stage: float | None = None) -> LCD:
+          max_seconds_per_stage: float | None = None, stage1_fit=fit_stage1) -> LCD:
     """Train LCD on ``screen`` into the run directory ``out`` (resuming from its checkpoints).
 
     Parameters
@@ -89,6 +89,9 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
         ``progress(stage, step, total, record)``; also written to ``log.jsonl``.
     max_seconds_per_stage
         Cut each stage short after this wall time (a run still completes, with fewer steps).
+    stage1_fit
+        The stage-1 fitter (same signature as :func:`lcd_core.train.fit_stage1`); the Ray backend passes
+        one that shards the per-condition generators across workers.
 
     Returns
     -------
@@ -137,7 +140,7 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
         unit_scale = unit_scale_from_counts(counts[0])
         res1 = _run_sliced(
             "stage1", run, config.checkpoint_seconds, max_seconds_per_stage,
-            lambda state, secs: fit_stage1(counts, unit_scale, config.stage1, device=dev, state=state, max_seconds=secs,
+            lambda state, secs: stage1_fit(counts, unit_scale, config.stage1, device=dev, state=state, max_seconds=secs,
                                            progress=lambda s, t, r: report("stage1", s, t, r)),
             get_state=lambda r: r.state_dict(), is_done=lambda r: r.done,
         )

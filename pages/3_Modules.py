@@ -1,0 +1,151 @@
+"""Modules: the reordered effect matrix, functional modules with hubs and enrichment, and exports."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import ui_helpers as ui
+from lcd_core import LCDError
+from lcd_core.pl import effect_heatmap
+from lcd_core.tl import enrich_modules, find_modules, read_gmt, write_effects_csv, write_graphml, write_modules_tsv
+from lcd_core.tl import UNASSIGNED
+
+TRUE_SETS = "true modules of the simulated screen"
+
+
+@st.cache_data(max_entries=32, show_spinner="Clustering…")
+def modules_of(key: tuple, _effects: np.ndarray, genes: tuple[str, ...], cut: float, min_size: int):
+    # cache_data: keyed by (run, variant, λ) + cut + min_size; the result is small
+    return find_modules(_effects, list(genes), cut=cut, min_size=min_size)
+
+
+def gene_set_sources(screen, model) -> dict[str, object]:
+    """name → path of a GMT file, or a dict of sets (the truth of a simulated screen)."""
+    out: dict[str, object] = {}
+    modelled = set(model.genes)
+    for p in sorted((ui.ROOT / "assets").glob("*.gmt")):
+        try:  # list only gene-set files that share genes with this run
+            if any(modelled.intersection(v) for v in read_gmt(p).values()):
+                out[f"assets/{p.name}"] = p
+        except LCDError:
+            continue
+    t = screen.truth if screen is not None else None
+    if t and "modules" in t and ui.same_genes(model, screen):
+        labels = [str(m) for m in t["modules"]]
+        sets: dict[str, list[str]] = {}
+        for g, m in zip(model.genes, labels):
+            sets.setdefault(f"TRUE_{m}", []).append(g)
+        out[TRUE_SETS] = sets
+    return out
+
+
+def enrichment_table(source, genes: list[str], labels) -> tuple[pd.DataFrame | None, str]:
+    try:
+        sets = read_gmt(source, genes=genes) if isinstance(source, Path) else dict(source)
+        df = enrich_modules(labels, genes, sets)
+    except LCDError as e:
+        ui.show_error(e, "Enrichment")
+        return None, ""
+    bg = f"background: the {len(genes)} modelled genes; {df.attrs.get('n_tests', 0)} module × set tests, BH-corrected"
+    return df, bg
+
+
+def main() -> None:
+    screen, run = ui.page_setup("Modules", "🧩")
+    st.title("Functional modules")
+    model = ui.require_model(screen, run)
+    if model is None:
+        return
+    c1, c2, c3 = st.columns(3)
+    variant = c1.radio("CLIPR variant", ["paper", "directed"], horizontal=True, key="mod_variant")
+    cut = c2.slider("Cut height", 0.02, 0.6, 0.175, 0.005, format="%.3f", key="mod_cut",
+                    help="Dendrogram cut on the normalised shortest-path distance (METHOD §5); lower = more, smaller modules.")
+    min_size = int(c3.number_input("Smallest module (genes)", 2, 50, 5, key="mod_min_size"))
+    res = ui.clipr(run, variant, 1e-4 if variant == "paper" else None)
+    if res is None:
+        return
+    genes = list(model.genes)
+    try:
+        mods = modules_of((ui.run_key(run), variant), np.asarray(res.effects), tuple(genes), float(cut), min_size)
+    except LCDError as e:
+        ui.show_error(e, "Modules")
+        return
+    labels = np.asarray(mods.labels)
+    names = [m for m in dict.fromkeys(labels.tolist()) if m != UNASSIGNED]
+    names.sort(key=lambda m: int(m[1:]) if m[1:].isdigit() else 0)
+    m = st.columns(3)
+    m[0].metric("modules", len(names))
+    m[1].metric("genes in modules", int((labels != UNASSIGNED).sum()))
+    m[2].metric("unassigned", int((labels == UNASSIGNED).sum()))
+    if screen is not None and screen.truth and "modules" in screen.truth and ui.same_genes(model, screen):
+        from sklearn.metrics import adjusted_rand_score
+
+        st.caption(f"Agreement with the true modules (adjusted Rand index): "
+                   f"{adjusted_rand_score(list(map(str, screen.truth['modules'])), labels.tolist()):.3f}")
+
+    order = np.asarray(mods.order)
+    st.plotly_chart(effect_heatmap(mods.reordered, [genes[i] for i in order], labels[order],
+                                   title=f"Effect matrix (rows = sources), reordered; {len(names)} modules boxed"),
+                    key="heatmap")
+
+    st.subheader("Modules")
+    sources = gene_set_sources(screen, model)
+    src_names = list(sources) + ["upload a GMT file", "none"]
+    src = st.selectbox("Gene sets for enrichment", src_names, key="mod_gmt")
+    enr, background = None, ""
+    if src == "upload a GMT file":
+        up = st.file_uploader("Gene sets (.gmt)", key="gmt_upload")
+        if up is not None:
+            try:
+                enr, background = enrichment_table(ui.save_upload(up, ".gmt"), genes, labels)
+            except LCDError as e:
+                ui.show_error(e, up.name)
+    elif src != "none":
+        enr, background = enrichment_table(sources[src], genes, labels)
+
+    rows = []
+    for name in names:
+        members = [g for g, lab in zip(genes, labels) if lab == name]
+        row = {"module": name, "size": len(members), "hubs": ", ".join(mods.hubs.get(name, [])),
+               "genes": ", ".join(members)}
+        if enr is not None:
+            sub = enr[enr["module"] == name].head(3)
+            row["top terms (q)"] = "; ".join(f"{t} ({q:.2g})" for t, q in zip(sub["term"], sub["q"])) or "none at q < 0.01"
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    st.dataframe(table, hide_index=True, key="module_table")
+    if background:
+        st.caption(f"Enrichment ({src}): hypergeometric over-representation, {background}.")
+    if enr is not None and len(enr):
+        with st.expander("All enriched terms"):
+            st.dataframe(enr, hide_index=True)
+
+    st.subheader("Downloads")
+    prov = ui.provenance(screen, run, variant=variant, lam=res.params.get("lam"), cut=float(cut),
+                         min_size=min_size, gene_sets=None if src in ("none", "upload a GMT file") else src)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_modules_tsv(tmp / "modules.tsv", mods, enrichment=enr, provenance=prov)
+        write_effects_csv(tmp / "effects.csv", res.effects, genes, provenance=prov)
+        thr = float(np.quantile(np.abs(res.effects[~np.eye(len(genes), dtype=bool)]), 0.9))
+        write_graphml(tmp / "effects.graphml", res.effects, genes, threshold=thr, provenance=prov, modules=mods)
+        files = {n: (tmp / n).read_bytes() for n in ("modules.tsv", "effects.csv", "effects.graphml")}
+    d = st.columns(3)
+    d[0].download_button("Modules (TSV)", files["modules.tsv"], "modules.tsv", "text/tab-separated-values",
+                         key="dl_modules")
+    d[1].download_button("Effects (CSV, long)", files["effects.csv"], "effects.csv", "text/csv", key="dl_effects")
+    d[2].download_button("Graph (GraphML, top 10 % edges)", files["effects.graphml"], "effects.graphml",
+                         "application/xml", key="dl_graphml")
+    st.caption("Each file starts with (or, in GraphML, carries as graph attributes) its provenance: data set hash, "
+               "run, CLIPR variant and λ, seed, cut height and package version.")
+
+
+try:
+    main()
+except LCDError as e:
+    ui.show_error(e)

@@ -1,0 +1,61 @@
+"""Benchmark: the current run on its held-out conditions, LCD against every baseline (METHOD §7)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import ui_helpers as ui
+from lcd_core import LCDError
+from lcd_core.metrics import summarize
+from lcd_core.pl import metric_bars
+
+PLOTTED = ["mmd", "energy", "wasserstein", "rmse", "pearson_delta", "pearson_systema", "de_auroc"]
+
+
+def main() -> None:
+    screen, run = ui.page_setup("Benchmark", "📊")
+    st.title("Benchmark")
+    model = ui.require_model(screen, run)
+    if model is None or screen is None:
+        return
+    if not ui.same_genes(model, screen):
+        st.warning("The selected screen is not the one this run was trained on: choose it on Home to benchmark.")
+        return
+    held = [c for c in model.info.get("heldout", []) if c in set(screen.conditions)]
+    st.markdown(f"**{len(held)} held-out conditions** of run `{run}` (never seen in training), each predicted by LCD "
+                "and by the baselines (control: no change; pooled perturbed cells; additive: control + sum of "
+                "single-gene shifts; linear), then compared with the observed cells.")
+    n_cells = st.select_slider("Cells per condition and method", [100, 200, 300, 500], value=200, key="bm_cells")
+    from lcd_core.model import evaluate_run
+
+    key = ("evaluate", ui.run_key(run), screen.data_hash, int(n_cells))
+    per = ui.run_job(key, lambda: evaluate_run(model, screen, n_cells=int(n_cells), seed=0), label="benchmark",
+                     what=f"Evaluating {len(held)} held-out conditions", wait=3.0, store="resources")
+    if per is None:
+        return
+    try:
+        summ = summarize(per, "lcd")
+    except LCDError as e:
+        ui.show_error(e, "Summary")
+        return
+    metric = st.selectbox("Metric", [m for m in PLOTTED if m in set(summ["metric"])], key="bm_metric")
+    st.plotly_chart(metric_bars(summ, [metric], title=f"{metric}: mean ± s.e.m. over held-out conditions"),
+                    key="bm_bars")
+    st.subheader("Summary (all genes; `_top20`: the condition's top-20 DE genes)")
+    shown = summ[summ["metric"].isin(PLOTTED + [f"{m}_top20" for m in PLOTTED])]
+    st.dataframe(shown, hide_index=True, key="bm_summary")
+    st.caption("win_rate: % of held-out conditions where LCD beats that method (one-sided Wilcoxon p-value).")
+    st.subheader("Per condition")
+    st.dataframe(per, hide_index=True, key="bm_per_condition")
+    prov = ui.provenance(screen, run, n_cells=int(n_cells), heldout=held)
+    c1, c2 = st.columns(2)
+    c1.download_button("Per-condition table (CSV)", ui.csv_bytes(per, prov), "benchmark_per_condition.csv",
+                       "text/csv", key="dl_bm_per")
+    c2.download_button("Summary (CSV)", ui.csv_bytes(summ, prov), "benchmark_summary.csv", "text/csv",
+                       key="dl_bm_summary")
+
+
+try:
+    main()
+except LCDError as e:
+    ui.show_error(e)

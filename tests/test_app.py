@@ -1,0 +1,346 @@
+"""The Streamlit app, page by page, with Streamlit's AppTest: widgets drive the outputs.
+
+A small simulated screen (with its truth) and a model trained on it in seconds stand in for the demo,
+through the app's settings (LCD_APP_* environment variables). The reference embedding uses its PCA
+mode here (no numba compile); the UMAP path is covered by tests/test_browser.py and the benchmark.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import tiny_config
+
+streamlit_testing = pytest.importorskip("streamlit.testing.v1")
+AppTest = streamlit_testing.AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+PAGES = ["pages/1_Perturb.py", "pages/2_Causal_graph.py", "pages/3_Modules.py", "pages/4_Train.py",
+         "pages/5_Benchmark.py"]
+
+
+@pytest.fixture(scope="module")
+def app_env(tmp_path_factory):
+    """A simulated screen with truth, two held-out doubles, and a finished tiny run; env pointing at them."""
+    from lcd_core import KEYS
+    from lcd_core.data import read_screen
+    from lcd_core.model import train
+    from lcd_core.simulation import simulate_nonlinear
+
+    d = tmp_path_factory.mktemp("app")
+    adata = simulate_nonlinear(20, n_modules=2, n_singles=8, n_doubles=5, n_cells=50, seed=1)
+    doubles = sorted(c for c in adata.obs[KEYS.PERT].unique() if "+" in c)
+    adata.uns[KEYS.SPLIT] = {"heldout": np.array(doubles[:2])}
+    screen_path = d / "screen.h5ad"
+    adata.write_h5ad(screen_path)
+    run = d / "run"
+    cfg = tiny_config()
+    cfg.min_cells = 10
+    train(read_screen(screen_path), run, config=cfg, device="cpu")
+    env = {"LCD_APP_DEMO_SCREEN": str(screen_path), "LCD_APP_DEMO_RUN": str(run),
+           "LCD_APP_RUNS": str(d / "runs"), "LCD_APP_EMBEDDING": "pca"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield {"screen": screen_path, "run": run, "doubles": doubles, "dir": d}
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def settle(at: AppTest, timeout: float = 60.0) -> AppTest:
+    """Rerun while a background job is still working (a real browser polls; AppTest does not)."""
+    t0 = time.monotonic()
+    while any("working in the background" in i.value for i in at.info) and time.monotonic() - t0 < timeout:
+        time.sleep(0.3)
+        at.run()
+    return at
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    return settle(at)
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def find_df(at: AppTest, column: str) -> pd.DataFrame:
+    """The first dataframe on the page with ``column`` (AppTest does not expose dataframe keys)."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def download(at: AppTest, key: str, capture: dict) -> bytes:
+    """Bytes of a download button: the payload Streamlit stored for it (captured at upload time)."""
+    el = next(e for e in at.get("download_button") if e.proto.id.endswith(f"-{key}"))
+    file_id = Path(el.proto.url).stem
+    return capture[file_id]
+
+
+@pytest.fixture
+def capture_media(monkeypatch):
+    """Record what download buttons hand to Streamlit's in-memory media store (file id → bytes)."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    seen: dict[str, bytes] = {}
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def spy(self, path_or_data, mimetype, kind, filename=None):
+        file_id = original(self, path_or_data, mimetype, kind, filename)
+        seen[file_id] = path_or_data if isinstance(path_or_data, bytes) else Path(path_or_data).read_bytes()
+        return file_id
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", spy)
+    return seen
+
+
+def test_home_opens_on_demo_with_model(app_env):
+    at = open_page()
+    assert_clean(at)
+    assert at.title[0].value == "LCD Explorer"
+    assert any("Model ready" in s.value for s in at.success)
+    assert metric(at, "singles") == "8"
+    assert any("simulated" in i.value for i in at.info)
+
+
+def test_every_page_renders_without_errors(app_env):
+    for page in PAGES:
+        at = open_page(page)
+        assert_clean(at)
+        assert at.title, page
+
+
+def test_perturb_double_drives_prediction_table_and_gi(app_env):
+    at = open_page(PAGES[0])
+    assert_clean(at)
+    a, b = app_env["doubles"][0], app_env["doubles"][2]
+    at.selectbox(key="pert_double").select(a).run()
+    settle(at)
+    assert_clean(at)
+    assert any(a in m.value for m in at.markdown if "generated cells" in m.value)
+    tables1 = {"shift_table": find_df(at, "predicted_shift"), "gi_table": find_df(at, "classes")}
+    assert len(at.get("plotly_chart")) == 1
+    at.selectbox(key="pert_double").select(b).run()
+    settle(at)
+    assert_clean(at)
+    assert any(b in m.value for m in at.markdown if "generated cells" in m.value)
+    tables2 = {"shift_table": find_df(at, "predicted_shift"), "gi_table": find_df(at, "classes"),
+               "metrics_table": find_df(at, "mmd")}
+    assert not tables1["shift_table"].equals(tables2["shift_table"])
+    assert not tables1["gi_table"].equals(tables2["gi_table"])
+    assert set(tables2["gi_table"]["source"]) == {"LCD prediction", "observed cells"}
+    assert tables2["gi_table"]["class"].iloc[0] in {"additive", "synergy", "suppression", "neomorphism",
+                                                   "epistasis", "redundancy"}
+    # observed cells exist for a held-out double: LCD and the baselines are scored side by side
+    methods = set(tables2["metrics_table"]["method"])
+    assert {"lcd", "control", "additive"} <= methods
+    assert {"additive_shift", "linear_shift"} <= set(tables2["shift_table"].columns)
+
+
+def test_perturb_any_gene_set_and_whatif(app_env):
+    at = open_page(PAGES[0])
+    at.radio(key="pert_kind").set_value("any gene set").run()
+    genes = at.multiselect(key="pert_set").options
+    at.multiselect(key="pert_set").select(genes[0]).select(genes[-1]).run()
+    settle(at)
+    assert_clean(at)
+    assert any("generated cells" in m.value for m in at.markdown)
+    at.radio(key="pert_mode").set_value("Linear what-if (CLIPR)").run()
+    settle(at, 120)
+    assert_clean(at)
+    t_down = find_df(at, "latent_shift_sd")
+    at.slider(key="wi_strength").set_value(4.0).run()
+    settle(at)
+    t_up = find_df(at, "latent_shift_sd")
+    assert not t_down.equals(t_up)
+
+
+def test_causal_graph_threshold_changes_edges_and_download(app_env, capture_media):
+    at = open_page(PAGES[1])
+    assert_clean(at)
+    n1 = int(metric(at, "edges above threshold"))
+    slider = at.slider(key="cg_threshold")
+    slider.set_value(slider.value * 0.3).run()
+    n2 = int(metric(at, "edges above threshold"))
+    assert n2 > n1
+    assert "sign AUROC" in [m.label for m in at.metric]  # truth overlay on a simulated screen
+    at.run()  # media of the last run is what the buttons point to
+    data = download(at, "dl_edges", capture_media)
+    table = pd.read_csv(io.BytesIO(data), comment="#")
+    assert list(table.columns[:3]) == ["source", "target", "effect"]
+    assert len(table) == n2
+    assert data.startswith(b"# lcd_core provenance:")
+    # the directed variant is another estimate
+    at.radio(key="cg_variant").set_value("directed").run()
+    settle(at, 120)
+    assert_clean(at)
+
+
+def test_modules_cut_height_changes_module_count_and_downloads(app_env, capture_media):
+    at = open_page(PAGES[2])
+    assert_clean(at)
+    counts = set()
+    for cut in (0.02, 0.3, 0.6):
+        at.slider(key="mod_cut").set_value(cut).run()
+        assert_clean(at)
+        counts.add(int(metric(at, "modules")))
+    at.number_input(key="mod_min_size").set_value(2).run()
+    for cut in (0.1, 0.45):
+        at.slider(key="mod_cut").set_value(cut).run()
+        counts.add(int(metric(at, "modules")))
+    assert len(counts) > 1, counts
+    tsv = pd.read_csv(io.BytesIO(download(at, "dl_modules", capture_media)), sep="\t", comment="#")
+    assert list(tsv.columns) == ["gene", "module", "is_hub", "top_terms"]
+    import networkx as nx
+
+    g = nx.read_graphml(io.BytesIO(download(at, "dl_graphml", capture_media)))
+    assert g.number_of_nodes() == 20 and "data_hash" in g.graph
+
+
+def test_benchmark_table(app_env):
+    at = open_page(PAGES[4])
+    settle(at, 120)
+    assert_clean(at)
+    per = next(d.value for d in at.dataframe if len(d.value) and "condition" in d.value.columns)
+    assert set(per["condition"]) == set(app_env["doubles"][:2])
+    assert {"lcd", "control", "pooled", "additive", "linear"} <= set(per["method"])
+    assert len(at.get("plotly_chart")) == 1
+
+
+def test_train_page_starts_follows_and_lists_run(app_env):
+    at = open_page(PAGES[3])
+    assert_clean(at)
+    at.text_input(key="tr_name").input("tiny").run()
+    overrides = ("stage1.steps=20\nstage1.n_samples=64\nstage2.steps=40\nstage2.hidden=32\nstage2.emb_dim=8\n"
+                 "stage2.batch_size=128\nn_latent_samples=100\nmin_cells=10\ncheckpoint_seconds=1.0")
+    at.text_area(key="tr_overrides").input(overrides).run()
+    at.button(key="tr_start").click().run()
+    assert_clean(at)
+    assert any("Started" in s.value for s in at.success)
+    out = app_env["dir"] / "runs" / "tiny"
+    t0 = time.monotonic()
+    while not (out / "COMPLETE").exists() and time.monotonic() - t0 < 240:
+        time.sleep(1)
+    assert (out / "COMPLETE").exists(), (app_env["dir"] / "runs" / ".jobs" / "tiny.log").read_text()[-2000:]
+    at.run()
+    assert any("Finished" in s.value for s in at.success), ([s.value for s in at.success], [m.value for m in at.markdown])
+    # the finished run is in the picker
+    assert "tiny" in at.sidebar.selectbox[0].options
+
+
+def test_train_cancel(app_env):
+    import ui_helpers as ui
+
+    rec = ui.start_training(app_env["screen"], "to-cancel", preset="demo")
+    assert any(r["name"] == "to-cancel" and r["state"] == "running" for r in ui.training_jobs())
+    ui.cancel_training("to-cancel")
+    state = next(r["state"] for r in ui.training_jobs() if r["name"] == "to-cancel")
+    assert state == "cancelled"
+    assert not (Path(rec["out"]) / "COMPLETE").exists()
+
+
+def test_five_sessions_see_only_their_own_results(app_env):
+    labels = app_env["doubles"][:3] + ["M1G02", "M2G01"]
+    sessions = []
+    for lab in labels:
+        at = open_page(PAGES[0])
+        if "+" in lab:
+            at.selectbox(key="pert_double").select(lab).run()
+        else:
+            at.radio(key="pert_kind").set_value("single").run()
+            at.selectbox(key="pert_single").select(lab).run()
+        sessions.append((lab, at))
+    for lab, at in sessions:  # rerun each after all others chose: still its own perturbation
+        settle(at.run())
+        text = " ".join(m.value for m in at.markdown if "generated cells" in m.value)
+        assert f"<b>{lab}</b>" in text, (lab, text)
+        assert at.session_state["last_prediction"] == lab
+
+
+def test_no_run_pages_explain(app_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("LCD_APP_DEMO_RUN", str(tmp_path / "missing"))
+    monkeypatch.setenv("LCD_APP_RUNS", str(tmp_path / "runs"))
+    for page in [None] + PAGES:
+        at = open_page(page)
+        assert not at.exception, (page, [e.message for e in at.exception])
+    at = open_page(PAGES[0])
+    assert any("No model" in w.value or "No trained model" in w.value for w in [*at.warning, *at.sidebar.warning])
+
+
+# ---------------------------------------------------------------------------------------- engine pieces the pages use
+def test_reference_embedding_projects_new_cells_and_scatter_switches_to_webgl():
+    from lcd_core.pl import embedding_scatter
+    from lcd_core.tl._embedding import fit_reference_embedding
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 1, (200, 10)), rng.normal(3, 1, (200, 10))])
+    labels = ["ctrl"] * 200 + ["A"] * 200
+    emb = fit_reference_embedding(X, labels, method="pca", max_cells=300)
+    assert emb.coords.shape == (300, 2) and emb.params["n_cells"] == 300
+    new = emb.transform(rng.normal(3, 1, (50, 10)))
+    assert new.shape == (50, 2)
+    # new cells near condition A land near A's reference cells, not control's
+    a_centre = emb.coords[emb.labels == "A"].mean(0)
+    c_centre = emb.coords[emb.labels == "ctrl"].mean(0)
+    assert np.linalg.norm(new.mean(0) - a_centre) < np.linalg.norm(new.mean(0) - c_centre)
+    small = embedding_scatter(emb.coords, {"A": new}, {"A": new}, control=emb.coords[:10])
+    assert {t.type for t in small.data} == {"scatter"} and len(small.layout.annotations) == 1
+    big = embedding_scatter(rng.normal(size=(12_000, 2)), predicted={"A": new}, max_reference_points=None)
+    assert {t.type for t in big.data} == {"scattergl"}
+    capped = embedding_scatter(rng.normal(size=(12_000, 2)), predicted={"A": new})
+    assert len(capped.data[0].x) == 3000
+    assert {t.type for t in big.data} == {"scattergl"}
+
+
+def test_gene_shift_table_and_double_interaction():
+    from lcd_core.tl._explore import double_interaction, gene_shift_table
+
+    rng = np.random.default_rng(1)
+    ctrl = np.log1p(rng.poisson(20, (300, 30)).astype(float))
+    a, b = ctrl.copy(), ctrl.copy()
+    a[:, :10] += 0.8
+    b[:, 10:20] += 0.8
+    ab = ctrl.copy()
+    ab[:, :20] += 0.8
+    table = gene_shift_table(ab, ctrl, [f"G{i}" for i in range(30)], observed=ab)
+    assert set(table["gene"].head(20)) == {f"G{i}" for i in range(20)}
+    assert np.allclose(table["predicted_shift"], table["observed_shift"])
+    gi = double_interaction(ctrl, a, b, ab)
+    assert gi["class"] == "additive" and abs(gi["c_a"] - 1) < 0.2 and abs(gi["c_b"] - 1) < 0.2
+
+
+def test_cancelled_training_resumes_to_a_finished_run(app_env):
+    import ui_helpers as ui
+
+    tiny = ["stage1.steps=20", "stage1.n_samples=64", "stage2.steps=40", "stage2.hidden=32", "stage2.emb_dim=8",
+            "stage2.batch_size=128", "n_latent_samples=100", "min_cells=10", "checkpoint_seconds=1.0"]
+    rec = ui.start_training(app_env["screen"], "resumable", overrides=tiny)
+    ui.cancel_training("resumable")
+    assert next(r["state"] for r in ui.training_jobs() if r["name"] == "resumable") == "cancelled"
+    opts = ui.resume_options(rec)
+    assert opts["overrides"] == tiny
+    ui.start_training(rec["screen"], "resumable", preset=rec["preset"], **opts)
+    t0 = time.monotonic()
+    while next(r["state"] for r in ui.training_jobs() if r["name"] == "resumable") == "running" \
+            and time.monotonic() - t0 < 240:
+        time.sleep(1)
+    assert next(r["state"] for r in ui.training_jobs() if r["name"] == "resumable") == "complete"

@@ -1,0 +1,219 @@
+"""The real app in a real browser: `streamlit run app.py` on a free loopback port, driven by headless
+Chromium through every page (playwright). Screenshots land in test-artifacts/ (gitignored).
+
+Run with ``pytest -m browser`` (needs /usr/bin/chromium, e.g. Debian's `chromium` package). The app
+opens on the embedded demo screen; the model is the shipped demo run when it exists, else a run
+trained here in seconds on the demo screen. The reference UMAP is the real one (umap-learn).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("LCD_TEST_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+UPLOAD_LIMIT_MB = 1
+SLOW = 600_000  # ms: the first UMAP fit compiles numba code (minutes on a loaded CPU)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api")
+    tmp = tmp_path_factory.mktemp("browser")
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", LCD_APP_RUNS=str(tmp / "runs"))
+    demo_run = ROOT / "assets" / "demo_run"
+    if not (demo_run / "COMPLETE").exists() and "LCD_APP_DEMO_RUN" not in os.environ:  # no shipped model: train a small one on the demo screen
+        from conftest import tiny_config
+        from lcd_core.data import read_screen
+        from lcd_core.model import train
+        from lcd_core.simulation import demo_screen_path
+
+        run = tmp / "demo_run"
+        train(read_screen(demo_screen_path()), run, config=tiny_config(), device="cpu")
+        env["LCD_APP_DEMO_RUN"] = str(run)
+    port = _free_port()
+    log = open(tmp / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
+         "127.0.0.1", "--server.headless", "true", "--server.maxUploadSize", str(UPLOAD_LIMIT_MB)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 120:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + (tmp / "server.log").read_text()[-2000:])
+    yield {"url": url, "tmp": tmp}
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser_ctx(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        profile = server["tmp"] / "chromium-profile"
+        ctx = pw.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True, args=ARGS,
+                                                    viewport={"width": 1400, "height": 2400})
+        ctx.set_default_timeout(120_000)
+        yield ctx
+        ctx.close()
+
+
+def settle(page, timeout_ms: int = SLOW) -> None:
+    """Wait until the script finished and no background job is pending on the page."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_ms / 1000:
+        running = page.locator('[data-testid="stStatusWidget"]').count() > 0
+        waiting = page.get_by_text("working in the background").count() > 0
+        if not running and not waiting:
+            page.wait_for_timeout(500)
+            if page.locator('[data-testid="stStatusWidget"]').count() == 0 and \
+                    page.get_by_text("working in the background").count() == 0:
+                return
+        page.wait_for_timeout(500)
+    raise AssertionError("page did not settle")
+
+
+def no_exception(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
+        '[data-testid="stException"]').first.inner_text()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def go(page, url: str, title: str) -> None:
+    """Follow the sidebar link to a page (keeps the session)."""
+    page.locator('[data-testid="stSidebar"] a').filter(has_text=title).first.click()
+    page.wait_for_url(f"**/{url}", timeout=60_000)
+    settle(page)
+
+
+def choose(page, label: str, option: str | None = None, index: int | None = None) -> str:
+    box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first
+    box.locator('[role="combobox"]').click()
+    opts = page.locator('[role="option"]')
+    target = opts.filter(has_text=option).first if option else opts.nth(index or 0)
+    text = target.inner_text()
+    target.click()
+    return text.split()[0]
+
+
+def _bad_files(tmp: Path) -> dict[str, Path]:
+    import anndata as ad
+    import pandas as pd
+
+    (tmp / "notes.txt").write_text("not a screen\n")
+    a = ad.AnnData(X=np.ones((20, 5), dtype=np.float32),
+                   obs=pd.DataFrame({"batch": ["b1"] * 20}, index=[f"c{i}" for i in range(20)]),
+                   var=pd.DataFrame(index=[f"G{i}" for i in range(5)]))
+    a.write_h5ad(tmp / "no_perturbation.h5ad")
+    big = tmp / "too_big.h5ad"
+    big.write_bytes(np.random.default_rng(0).bytes(int((UPLOAD_LIMIT_MB + 0.5) * 1024 * 1024)))
+    return {"txt": tmp / "notes.txt", "nopert": tmp / "no_perturbation.h5ad", "big": big}
+
+
+def test_every_page_in_a_real_browser(server, browser_ctx):
+    page = browser_ctx.new_page()
+    page.goto(server["url"])
+    page.get_by_text("Model ready").wait_for()
+    settle(page)
+    assert page.get_by_role("heading", name="LCD Explorer").count() == 1
+    no_exception(page)
+    shot(page, "home")
+
+    # bad input: each gives a clear message, and the app stays usable
+    files = _bad_files(server["tmp"])
+    page.get_by_text("Upload an .h5ad").click()
+    uploader = page.locator('[data-testid="stFileUploader"] input[type="file"]')
+    uploader.set_input_files(str(files["txt"]))
+    page.get_by_text("is not a .h5ad file").wait_for()
+    uploader.set_input_files(str(files["nopert"]))
+    page.locator('[data-testid="stAlert"]').filter(has_text="no_perturbation.h5ad").wait_for()
+    msg = page.locator('[data-testid="stAlert"]').filter(has_text="no_perturbation.h5ad").inner_text()
+    assert "perturbation" in msg.lower().replace("no_perturbation.h5ad", ""), msg
+    uploader.set_input_files(str(files["big"]))
+    page.get_by_text(f"{UPLOAD_LIMIT_MB:.1f}MB", exact=False).first.wait_for()
+    no_exception(page)
+    shot(page, "home_bad_input")
+    page.get_by_text("Embedded demo (simulated)").click()
+    settle(page)
+    page.get_by_text("Model ready").wait_for()
+    no_exception(page)
+
+    # Perturb: choose a double, the UMAP and the tables follow
+    go(page, "Perturb", "Perturb")
+    chosen = choose(page, "Double", index=1)
+    settle(page)
+    page.locator('[data-testid="stMarkdownContainer"]').filter(has_text=f"generated cells of {chosen}").wait_for()
+    page.locator('[data-testid="stPlotlyChart"] .main-svg').first.wait_for(timeout=SLOW)
+    page.get_by_text("Genetic interaction").wait_for()
+    no_exception(page)
+    shot(page, "perturb")
+
+    for url, title, marker in [("Causal_graph", "Causal graph", "edges above threshold"),
+                               ("Modules", "Modules", "Graph (GraphML"),
+                               ("Train", "Train", "New training"),
+                               ("Benchmark", "Benchmark", "held-out conditions")]:
+        go(page, url, title)
+        page.get_by_text(marker, exact=False).first.wait_for()
+        if title != "Train":
+            page.locator('[data-testid="stPlotlyChart"]').first.wait_for()
+        no_exception(page)
+        shot(page, url.lower())
+    page.close()
+
+
+def test_five_browser_sessions_see_their_own_perturbation(server, browser_ctx):
+    pages, chosen = [], []
+    for i in range(5):
+        p = browser_ctx.new_page()
+        p.goto(f"{server['url']}/Perturb")
+        p.get_by_text("generated cells of").first.wait_for(timeout=SLOW)
+        settle(p)
+        chosen.append(choose(p, "Double", index=i + 2))
+        pages.append(p)
+    for p, label in zip(pages, chosen):
+        settle(p)
+        text = p.locator('[data-testid="stMarkdownContainer"]').filter(has_text="generated cells of").first.inner_text()
+        assert f"generated cells of {label}" in text, (label, text)
+        no_exception(p)
+    assert len(set(chosen)) == 5
+    for p in pages:
+        p.close()
