@@ -409,6 +409,7 @@ _RAY_CLIENT = textwrap.dedent("""
 
 
 @ray_only
+@pytest.mark.slow  # a separate `ray start --head` takes 40 s to 2 min to come up on 2 CPUs; flaky in CI time
 def test_ray_client_address_against_ray_start_head(screen_path, tmp_path):
     """`ray start --head` on loopback (what docs/ray.md tells users to run, on one machine), and a client
     process connecting through ``ray://`` (the Ray Client port) that trains and predicts."""
