@@ -65,7 +65,7 @@ def _demo() -> TrainConfig:
         # this size; 20 conditions per step is safe with beta1 = 0 (a skipped condition gets no update)
         stage1=Stage1Config(generator="gaussian", n_samples=500, batch_size=64, conditions_per_step=20, steps=250,
                             warmup=10, lr=3e-3, log_every=10),
-        # 5000 steps: 3000 left LCD at 73 % wins over additive on held-out doubles (mmd_top20), 5000 reach 75 %
+        # 5000 stage-2 steps: LCD beats additive on 12/16 held-out doubles (mmd_top20); 3000 gave 73 % (docs/benchmarks.md)
         stage2=Stage2Config(hidden=512, n_layers=2, emb_dim=256, batch_size=1024, steps=5000, weight_decay=0.3,
                             log_every=50),
         n_latent_samples=2000,

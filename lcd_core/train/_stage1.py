@@ -5,7 +5,6 @@ Data-agnostic: takes one raw-count array per condition and the fixed unit scale,
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lcd_core.train._schedule import warmup_cosine
 from lcd_core.errors import ConfigError
 from lcd_core.module._generator import StackedGenerators, tempered_evidence_loss
 from lcd_core.module._noise import ZIPNoise, estimate_dropout, naive_latent_moments
@@ -173,10 +173,7 @@ def _build(
 
 def _lr_at(step: int, config: Stage1Config) -> float:
     """Linear warm-up to ``lr`` over ``warmup`` steps, then cosine decay to 0 at ``steps`` (METHOD.md §2)."""
-    if step < config.warmup:
-        return config.lr * (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
-    return 0.5 * config.lr * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return warmup_cosine(step, peak=config.lr, warmup=config.warmup, total=config.steps)
 
 
 def _warm_start_moments(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -10,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ._schedule import warmup_cosine
 from ..errors import ConfigError
 from ..module._score import ScoreNet
 
@@ -71,10 +71,7 @@ class Stage2Result:
 
 def get_lr(step: int, config: Stage2Config) -> float:
     """Linear warm-up, then cosine decay from ``config.lr`` to 0 at ``config.steps``."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    frac = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return 0.5 * config.lr * (1 + math.cos(math.pi * min(frac, 1.0)))
+    return warmup_cosine(step, peak=config.lr, warmup=config.warmup_steps, total=config.steps)
 
 
 def fit_stage2(
