@@ -28,7 +28,7 @@ def main() -> None:
     if model is None:
         return
     c1, c2 = st.columns([1, 2])
-    variant = c1.radio("CLIPR variant", ["paper", "directed"], horizontal=True, key="cg_variant",
+    variant = c1.radio("CLIPR variant", ["directed", "paper"], horizontal=True, key="cg_variant",
                        help="paper: the authors' estimator (sign and strength; symmetric for gradient drifts). "
                             "directed [ours]: Lyapunov + on-target equations, which also identify direction.")
     lam = None

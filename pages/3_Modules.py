@@ -62,7 +62,7 @@ def main() -> None:
     if model is None:
         return
     c1, c2, c3 = st.columns(3)
-    variant = c1.radio("CLIPR variant", ["paper", "directed"], horizontal=True, key="mod_variant")
+    variant = c1.radio("CLIPR variant", ["directed", "paper"], horizontal=True, key="mod_variant")
     cut = c2.slider("Cut height", 0.02, 0.6, 0.175, 0.005, format="%.3f", key="mod_cut",
                     help="Dendrogram cut on the normalised shortest-path distance (METHOD §5); lower = more, smaller modules.")
     min_size = int(c3.number_input("Smallest module (genes)", 2, 50, 5, key="mod_min_size"))
