@@ -28,7 +28,9 @@ from ..sampling import SAMPLERS, sample
 from ._run import MODEL_META, WEIGHTS, RunDir, atomic_write_json
 
 #: format of model.json / model.safetensors; bump on any change of meaning
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2
+#: formats this version still reads (1: before ScoreNet's ``sigma_out``, which then defaults to METHOD's 0)
+READABLE_MODEL_FORMATS = (1, 2)
 
 
 @dataclass
@@ -271,9 +273,9 @@ class LCD:
             meta = json.loads((run / MODEL_META).read_text())
         except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             raise RunError(f"{run / MODEL_META} is missing or corrupt; retrain the run") from None
-        if meta.get("model_format_version") != MODEL_FORMAT_VERSION:
+        if meta.get("model_format_version") not in READABLE_MODEL_FORMATS:
             raise RunError(f"{run.path} holds model format {meta.get('model_format_version')}; this version "
-                           f"reads format {MODEL_FORMAT_VERSION}. Retrain the run.")
+                           f"reads formats {', '.join(map(str, READABLE_MODEL_FORMATS))}. Retrain the run.")
         dev = resolve_device(device)
         try:
             tensors = load_file(str(run / WEIGHTS), device="cpu")  # safetensors: never unpickles

@@ -89,7 +89,7 @@ def _paper() -> TrainConfig:
         stage1=Stage1Config(generator="mlp", init="random", n_samples=20_000, batch_size=64, steps=250_000,
                             warmup=5000, lr=3e-4, noise_lr=3e-4, conditions_per_step=1, temps=(1.0, 20.0)),
         stage2=Stage2Config(hidden=1024, n_layers=2, emb_dim=1024, batch_size=8192, steps=50_000,
-                            mixed_conditions=False, weight_decay=0.3),
+                            mixed_conditions=False, weight_decay=0.3, sigma_out=0.0),
         n_latent_samples=10_000,
         checkpoint_seconds=300.0,
         sampler="reference",

@@ -27,6 +27,7 @@ class Stage2Config:
     n_levels: int = 30  # number of trained σ levels
     sigma_max: float = 10.0  # largest σ (standardised units)
     sigma_min: float = 0.01  # smallest σ; the drift is the score here
+    sigma_out: float = 1.0  # [ours] D = x' − σ²/√(σ²+σ₀²)·F; 0 gives METHOD's D = x' − σF (see ScoreNet)
     # optimisation
     lr: float = 1e-3  # peak AdamW learning rate, cosine-decayed to 0 over `steps`
     warmup_steps: int = 0  # linear warm-up before the cosine
@@ -126,7 +127,7 @@ def fit_stage2(
         net = ScoreNet(
             d, perts.shape[1], hidden=config.hidden, n_layers=config.n_layers, emb_dim=config.emb_dim,
             level_emb_dim=config.level_emb_dim, n_levels=config.n_levels, sigma_max=config.sigma_max,
-            sigma_min=config.sigma_min,
+            sigma_min=config.sigma_min, sigma_out=config.sigma_out,
         ).to(device)
     net.trained_mask.copy_(perts.sum(0) > 0)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
