@@ -19,9 +19,10 @@ TRUE_SETS = "true modules of the simulated screen"
 
 
 @st.cache_data(max_entries=32, show_spinner="Clustering…")
-def modules_of(key: tuple, _effects: np.ndarray, genes: tuple[str, ...], cut: float, min_size: int):
-    # cache_data: keyed by (run, variant, λ) + cut + min_size; the result is small
-    return find_modules(_effects, list(genes), cut=cut, min_size=min_size)
+def modules_of(key: tuple, _effects: np.ndarray, genes: tuple[str, ...], method: str, cut: float, resolution: float,
+               min_size: int):
+    # cache_data: keyed by (run, variant) + the clustering settings; the result is small
+    return find_modules(_effects, list(genes), method=method, cut=cut, resolution=resolution, min_size=min_size)
 
 
 def gene_set_sources(screen, model) -> dict[str, object]:
@@ -61,17 +62,26 @@ def main() -> None:
     model = ui.require_model(screen, run)
     if model is None:
         return
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     variant = c1.radio("CLIPR variant", ["directed", "paper"], horizontal=True, key="mod_variant")
-    cut = c2.slider("Cut height", 0.02, 0.6, 0.175, 0.005, format="%.3f", key="mod_cut",
-                    help="Dendrogram cut on the normalised shortest-path distance (METHOD §5); lower = more, smaller modules.")
-    min_size = int(c3.number_input("Smallest module (genes)", 2, 50, 5, key="mod_min_size"))
+    method = c2.radio("Clustering", ["louvain", "hierarchical"], horizontal=True, key="mod_method",
+                      help="louvain: consensus of 20 Louvain runs on the 15-nearest-neighbour closeness graph. "
+                           "hierarchical: the paper's average-linkage tree of shortest-path distances, cut at a height.")
+    cut, resolution = 0.175, 1.0
+    if method == "hierarchical":
+        cut = c3.slider("Cut height", 0.02, 0.6, 0.175, 0.005, format="%.3f", key="mod_cut",
+                        help="Dendrogram cut on the normalised shortest-path distance (METHOD §5); lower = more, smaller modules.")
+    else:
+        resolution = c3.slider("Resolution", 0.1, 3.0, 1.0, 0.05, key="mod_resolution",
+                               help="Modularity resolution; higher = more, smaller modules.")
+    min_size = int(c4.number_input("Smallest module (genes)", 2, 50, 5, key="mod_min_size"))
     res = ui.clipr(run, variant, 1e-4 if variant == "paper" else None)
     if res is None:
         return
     genes = list(model.genes)
     try:
-        mods = modules_of((ui.run_key(run), variant), np.asarray(res.effects), tuple(genes), float(cut), min_size)
+        mods = modules_of((ui.run_key(run), variant), np.asarray(res.effects), tuple(genes), method, float(cut),
+                          float(resolution), min_size)
     except LCDError as e:
         ui.show_error(e, "Modules")
         return
@@ -126,8 +136,8 @@ def main() -> None:
             st.dataframe(enr, hide_index=True)
 
     st.subheader("Downloads")
-    prov = ui.provenance(screen, run, variant=variant, lam=res.params.get("lam"), cut=float(cut),
-                         min_size=min_size, gene_sets=None if src in ("none", "upload a GMT file") else src)
+    prov = ui.provenance(screen, run, variant=variant, lam=res.params.get("lam"), **mods.params,
+                         gene_sets=None if src in ("none", "upload a GMT file") else src)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_modules_tsv(tmp / "modules.tsv", mods, enrichment=enr, provenance=prov)

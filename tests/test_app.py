@@ -199,6 +199,13 @@ def test_modules_cut_height_changes_module_count_and_downloads(app_env, capture_
     at = open_page(PAGES[2])
     assert_clean(at)
     counts = set()
+    for r in (0.2, 2.5):  # the default clustering: Louvain resolution
+        at.slider(key="mod_resolution").set_value(r).run()
+        assert_clean(at)
+        counts.add(int(metric(at, "modules")))
+    assert len(counts) > 1, counts
+    counts = set()
+    at.radio(key="mod_method").set_value("hierarchical").run()
     for cut in (0.02, 0.3, 0.6):
         at.slider(key="mod_cut").set_value(cut).run()
         assert_clean(at)

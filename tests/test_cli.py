@@ -144,3 +144,42 @@ def test_inspect_demo_matches_the_file():
     assert f"{labels.nunique()} = 1 control + {n_singles} singles + {n_combos} combinations" in out
     assert f"control:     {(labels == 'ctrl').sum():,} cells" in out
     assert "simulated:   yes" in out and "truth: yes" in out and "split: yes" in out
+
+
+def test_clipr_and_modules_on_the_shipped_demo_run(tmp_path):
+    """`lcd clipr` and `lcd modules` as PRODUCT.md writes them, on a copy of assets/demo_run (its CLIPR cache
+    travels with it); the default modules match the demo's 6 true modules (ARI ≥ 0.7)."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import adjusted_rand_score
+
+    from lcd_core.data import read_screen
+    from lcd_core.simulation import demo_screen_path
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "assets" / "demo_run", tmp_path / "run")
+    truth = read_screen(demo_screen_path()).truth
+    run("clipr", tmp_path / "run", "--out", tmp_path / "effects.csv")
+    eff = pd.read_csv(tmp_path / "effects.csv", comment="#")
+    assert list(eff.columns) == ["source", "target", "effect"] and len(eff) > 0
+    assert '"variant": "directed"' in (tmp_path / "effects.csv").read_text().splitlines()[0]
+
+    def modules(*extra):
+        out = tmp_path / f"modules{len(extra)}.tsv"
+        proc = run("modules", tmp_path / "run", "--gmt", root / "assets" / "demo_modules.gmt", *extra, "--out", out)
+        tab = pd.read_csv(out, sep="\t", comment="#", keep_default_na=False).set_index("gene")
+        header = json.loads(out.read_text().splitlines()[0].split(":", 1)[1])
+        return tab, header, proc.stdout
+
+    tab, header, stdout = modules()
+    assert header["modules"]["method"] == "louvain" and "louvain" in stdout
+    labels = tab.loc[list(map(str, read_screen(demo_screen_path()).genes)), "module"]
+    assert adjusted_rand_score(np.asarray(truth["modules"]), labels) >= 0.7
+    assert (tab["top_terms"] != "").any()  # the true-module GMT enriches some module
+    tab, header, _ = modules("--cut", "0.3")  # PRODUCT.md's --cut: the dendrogram of METHOD §5
+    assert header["modules"] == {**header["modules"], "method": "hierarchical", "cut": 0.3}
+    bad = run("modules", tmp_path / "run", "--resolution", "0", "--out", tmp_path / "x.tsv", check=False)
+    assert_one_line_error(bad, "resolution")
+    assert not (tmp_path / "x.tsv").exists()

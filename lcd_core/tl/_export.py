@@ -85,7 +85,7 @@ def write_modules_tsv(
         "top_terms": [terms.get(m, "") for m in modules.labels],
     })
     prov = _provenance(provenance)
-    prov["modules"] = {k: modules.params.get(k) for k in ("cut", "min_size", "quantile")}
+    prov["modules"] = dict(modules.params)
     with open(path, "w", encoding="utf-8", newline="") as fh:
         fh.write(_header(prov))
         df.to_csv(fh, sep="\t", index=False)
