@@ -17,12 +17,14 @@ from lcd_core import KEYS
 torch.set_num_threads(1)
 
 
-def make_tiny_counts(seed: int = 0, n_genes: int = 12, n_cells: int = 60) -> ad.AnnData:
-    """A small count screen in our convention: control, 4 singles, 1 double; each perturbation lifts
-    its target gene's rate so conditions are distinguishable."""
+def make_tiny_counts(seed: int = 0, n_genes: int = 12, n_cells: int = 60,
+                     conditions: list[str] | None = None) -> ad.AnnData:
+    """A small count screen in our convention: control, 4 singles, 1 double (or ``conditions``, labels
+    of genes G00, G01, ...); each perturbation lifts its target gene's rate so conditions are
+    distinguishable."""
     rng = np.random.default_rng(seed)
     genes = [f"G{i:02d}" for i in range(n_genes)]
-    conditions = ["ctrl", "G00", "G01", "G02", "G03", "G00+G01"]
+    conditions = conditions or ["ctrl", "G00", "G01", "G02", "G03", "G00+G01"]
     base = rng.uniform(2, 20, n_genes)
     X, labels = [], []
     for c in conditions:

@@ -155,8 +155,12 @@ class Backend(ABC):
         """Generated cells of each perturbation: a :class:`lcd_core.model.Prediction` (as ``LCD.predict``)."""
 
     @abstractmethod
-    def clipr(self, run: str | os.PathLike, *, lam: float = 1e-4, device: str = "auto", **kwargs):
-        """The paper's CLIPR of a finished run: a :class:`lcd_core.tl._clipr.CliprResult`."""
+    def clipr(self, run: str | os.PathLike, *, variant: str = "paper", lam: float | None = None, seed: int = 0,
+              device: str = "auto", **kwargs):
+        """CLIPR of a finished run, as :func:`lcd_core.model.get_clipr` computes it (``variant`` ``"paper"``
+        or ``"directed"``, ``lam`` of the paper variant, ``seed`` of the directed variant's generated cells,
+        ``kwargs`` the variant's options): a :class:`lcd_core.tl.CliprResult`. Both backends give the same
+        result on the same kind of device."""
 
     # generic -------------------------------------------------------------------------------------
     @abstractmethod

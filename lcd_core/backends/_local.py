@@ -60,23 +60,24 @@ def merge_predictions(parts: list):
     return out
 
 
-def clipr_run(run: str | os.PathLike, *, lam: float = 1e-4, device: str = "auto", **kwargs):
-    """The paper's CLIPR of a finished run (METHOD.md §4): control plus every single-gene training
-    condition whose target is a modelled gene, through :func:`lcd_core.tl._clipr.clipr_from_drift`."""
+def clipr_run(run: str | os.PathLike, *, variant: str = "paper", lam: float | None = None, seed: int = 0,
+              device: str = "auto", use_cache: bool = False, **kwargs):
+    """CLIPR of a finished run through :func:`lcd_core.model.get_clipr` (METHOD.md §4), the function the
+    local ``lcd clipr`` and the app call, so every backend computes the same thing.
+
+    ``variant`` ``"paper"`` (drift responses, ridge ``lam``) or ``"directed"`` (cells generated with
+    ``seed``); ``kwargs`` are the variant's options (``ref_point``, ``schedule``, ... / ``n_cells``,
+    ``weight_on_target``, ``ridge``). ``use_cache`` reads / writes the run's CLIPR cache (off by default:
+    a Ray worker computes on a temporary copy of the run). ``params["conditions"]`` lists control plus
+    the single-gene conditions used, in the order of the columns of ``A``.
+    """
     from .._constants import KEYS
-    from ..data._conventions import targets_of
-    from ..model import LCD
-    from ..tl._clipr import clipr_from_drift
+    from ..model import LCD, get_clipr
+    from ..model._causal import single_gene_conditions
 
     model = LCD.load(run, device=device)
-    singles = [c for c in model.conditions if c != KEYS.CONTROL and len(targets_of(c)) == 1
-               and targets_of(c)[0] in model.genes]
-    labels = [KEYS.CONTROL, *singles]
-    target_index = [None, *model.gene_index([targets_of(c)[0] for c in singles])]
-    sigmas = model.net.sde.sigmas.detach().cpu().double().numpy()
-    result = clipr_from_drift(model.score_fn_for(labels), sigmas, model.mu, model.sd, target_index, lam=lam,
-                              device=model.device, **kwargs)
-    result.params["conditions"] = labels
+    result = get_clipr(model, variant=variant, lam=lam, seed=seed, use_cache=use_cache, **kwargs)
+    result.params["conditions"] = [KEYS.CONTROL, *single_gene_conditions(model)[0]]
     return result
 
 
@@ -142,8 +143,8 @@ class LocalBackend(Backend):
     def predict(self, run, perturbations, n_cells=500, *, sampler=None, n_evals=None, seed=0, device="auto"):
         return predict_run(run, perturbations, n_cells, sampler=sampler, n_evals=n_evals, seed=seed, device=device)
 
-    def clipr(self, run, *, lam=1e-4, device="auto", **kwargs):
-        return clipr_run(run, lam=lam, device=device, **kwargs)
+    def clipr(self, run, *, variant="paper", lam=None, seed=0, device="auto", **kwargs):
+        return clipr_run(run, variant=variant, lam=lam, seed=seed, device=device, **kwargs)
 
     def map(self, fn, items: Iterable, *, gpus: float = 0.0) -> list:
         return [fn(item) for item in items]

@@ -10,8 +10,10 @@ What runs where
   the engine's :func:`lcd_core.model.train`. Its progress records go to a small actor the client drains
   (``progress(stage, step, total, record)``, as the local backend). Stage 1 can be sharded across
   workers (:func:`fit_stage1_sharded`; see "Stage 1 across workers").
-- Prediction splits the requested perturbations across tasks; CLIPR runs as one task (its fixed points
-  are one batched flow over all conditions, which a GPU already parallelises).
+- Prediction splits the requested perturbations across tasks; CLIPR (either variant, through the same
+  :func:`lcd_core.model.get_clipr` as a local call) runs as one task (the paper variant's fixed points are
+  one batched flow over all conditions, the directed variant's cells one batched generation, which a GPU
+  already parallelises).
 - :meth:`RayBackend.map` runs any importable function over items, one task each.
 
 What travels
@@ -274,10 +276,11 @@ def _predict_task(version, run_blob, run_path, labels, n_cells, sampler, n_evals
                                                                   n_evals=n_evals, seed=seed, device=device))
 
 
-def _clipr_task(version, run_blob, run_path, lam, device, kwargs):
+def _clipr_task(version, run_blob, run_path, variant, lam, seed, device, kwargs):
     _check_version(version)
     _worker_setup()
-    return _with_run(run_blob, run_path, lambda run: clipr_run(run, lam=lam, device=device, **kwargs))
+    return _with_run(run_blob, run_path, lambda run: clipr_run(run, variant=variant, lam=lam, seed=seed,
+                                                                device=device, **kwargs))
 
 
 def _call(fn, item):
@@ -640,20 +643,33 @@ class RayBackend(Backend):
                     max_seconds_per_stage=None) -> list[Path]:
         """The k trainings of ``lcd evaluate --folds`` at once, one task each (as many run together as the
         cluster has GPUs or CPUs for); progress stages are prefixed ``fold{F}/``."""
+        def tagged(f):
+            return (lambda stage, *rest: progress(f"fold{f}/{stage}", *rest)) if progress is not None else None
+
         jobs = [self.submit_train(screen, o, config=config, device=device, fold=f, read_kwargs=read_kwargs,
                                   max_seconds_per_stage=max_seconds_per_stage) for o, f in zip(outs, folds)]
         try:
             while not all(j.done() for j in jobs):
                 for f, j in zip(folds, jobs):
-                    for stage, step, total, rec in j.poll():
+                    for event in j.poll():
                         if progress is not None:
-                            progress(f"fold{f}/{stage}", step, total, rec)
+                            tagged(f)(*event)
                 time.sleep(0.25)
-            return [j.wait() for j in jobs]
         except KeyboardInterrupt:
             for j in jobs:
                 j.cancel()
             raise
+        # every job has ended: forward the records that came with its end, and deliver every finished fold
+        # before raising the first failure (a failed fold does not throw away the others' trainings)
+        runs, errors = [], []
+        for f, j in zip(folds, jobs):
+            try:
+                runs.append(j.wait(tagged(f)))
+            except LCDError as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+        return runs
 
     # -- inference ---------------------------------------------------------------------------------
     def _run_ref(self, run) -> tuple[Any, str | None]:
@@ -683,10 +699,15 @@ class RayBackend(Backend):
         pred.params["run"] = str(run)
         return pred
 
-    def clipr(self, run, *, lam=1e-4, device="auto", **kwargs):
+    def clipr(self, run, *, variant="paper", lam=None, seed=0, device="auto", **kwargs):
+        from ..model._causal import CLIPR_DEFAULTS
+
+        if variant not in CLIPR_DEFAULTS:  # here, not after shipping the weights
+            raise ConfigError(f"unknown CLIPR variant {variant!r}; use paper or directed")
         options, worker_device = self._task_options(device)
         blob, path = self._run_ref(run)
-        ref = _remote()["clipr"].options(**options).remote(__version__, blob, path, lam, worker_device, kwargs)
+        ref = _remote()["clipr"].options(**options).remote(__version__, blob, path, variant, lam, seed,
+                                                           worker_device, kwargs)
         return self._get([ref])[0]
 
     def map(self, fn, items, *, gpus: float = 0.0) -> list:
