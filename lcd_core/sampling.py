@@ -275,5 +275,5 @@ def sample(
         raise ConfigError(f"Unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}.")
     pert = torch.as_tensor(pert)
     pert = pert[None, :] if pert.ndim == 1 else pert
-    x_init = sde.prior_sampling((n_cells, dim), generator, scale=1.0)
+    x_init = sde.prior_sampling((n_cells, dim), generator, scale=1.0).to(pert.device)  # chains live with the net
     return SAMPLERS[name](score_fn, sde, x_init, pert, generator=generator, **kw)

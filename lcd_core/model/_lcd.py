@@ -183,8 +183,9 @@ class LCD:
         budget = n_evals if n_evals is not None else self.info.get("sampler_evals")
         if budget is not None:
             kw["n_evals" if name != "reference" else "n_steps_per_level"] = int(budget)
-        # one generator per (seed, label): a condition's cells do not depend on what else is requested
-        gen = torch.Generator(device=self.device).manual_seed(_label_seed(seed, label))
+        # one generator per (seed, label): a condition's cells do not depend on what else is requested. A CPU
+        # generator: the samplers draw their noise on the CPU, so a seed gives the same cells on any device
+        gen = torch.Generator().manual_seed(_label_seed(seed, label))
         x = sample(name, self.net.score, self.net.sde, torch.as_tensor(vec, device=self.device)[None, :],
                    n_cells, generator=gen, dim=self.n_genes, **kw)
         return x.detach().cpu().double().numpy()
