@@ -300,28 +300,30 @@ def _poll(key: tuple, store: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ derived objects
-def _prediction_key(run_path, label: str, n_cells: int, seed: int) -> tuple:
-    return ("predict", run_key(run_path), label, int(n_cells), int(seed))
+def _prediction_key(run_path, label: str, n_cells: int, seed: int, n_evals: int | None) -> tuple:
+    return ("predict", run_key(run_path), label, int(n_cells), int(seed), n_evals)
 
 
-def prefetch_predictions(run_path: str | Path, labels, n_cells: int, seed: int) -> None:
+def prefetch_predictions(run_path: str | Path, labels, n_cells: int, seed: int, *, n_evals: int | None = None) -> None:
     """Start sampling ``labels`` in the background now (to be collected later with :func:`prediction`)."""
     model = load_model(run_path)
     for label in labels:
-        jobs().submit(_prediction_key(run_path, label, n_cells, seed),
-                      lambda lab=label: model.predict([lab], n_cells=n_cells, seed=seed), label="sampling cells")
+        jobs().submit(_prediction_key(run_path, label, n_cells, seed, n_evals),
+                      lambda lab=label: model.predict([lab], n_cells=n_cells, seed=seed, n_evals=n_evals),
+                      label="sampling cells")
 
 
 def prediction(run_path: str | Path, labels: tuple[str, ...], n_cells: int, seed: int, *,
-               wait: float = 2.0) -> dict[str, np.ndarray] | None:
+               n_evals: int | None = None, wait: float = 2.0) -> dict[str, np.ndarray] | None:
     """LCD cells (log1p CP10k) of each label, sampled in the background, one job per label: a label's
-    cells depend only on (seed, label), so control and singles are shared by every double that needs
-    them. All jobs are submitted first, then awaited; ``None`` while any is still running."""
+    cells depend only on (seed, label, sampler budget ``n_evals``; ``None``: the run's default), so control
+    and singles are shared by every double that needs them. All jobs are submitted first, then awaited;
+    ``None`` while any is still running."""
     model = load_model(run_path)
     pending = {}
     for label in labels:
-        key = _prediction_key(run_path, label, n_cells, seed)
-        pending[label] = (key, (lambda lab=label: model.predict([lab], n_cells=n_cells, seed=seed)))
+        key = _prediction_key(run_path, label, n_cells, seed, n_evals)
+        pending[label] = (key, (lambda lab=label: model.predict([lab], n_cells=n_cells, seed=seed, n_evals=n_evals)))
         jobs().submit(key, pending[label][1], label="sampling cells")
     out = {}
     for label, (key, fn) in pending.items():

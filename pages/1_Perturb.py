@@ -71,9 +71,14 @@ def umap_block(run, screen, model, predicted: dict[str, np.ndarray], observed: d
 
 def lcd_mode(screen, run, model) -> None:
     label = choose_lcd(model, screen)
-    c1, c2 = st.columns(2)
+    c1, c2, c3 = st.columns(3)
     n_cells = c1.select_slider("Cells to generate", [100, 200, 300, 500, 1000], value=300, key="pert_cells")
     seed = int(c2.number_input("Seed", 0, 10_000, 0, key="pert_seed"))
+    n_evals = None  # the run's own sampler and budget
+    if model.info.get("sampler", "fast") == "fast":
+        n_evals = int(c3.select_slider(
+            "Sampler budget (network evaluations)", [16, 32, 64, 128], value=32, key="pert_evals",
+            help="Fewer is faster; 32 matches the reference sampler's quality (docs/benchmarks.md), 16 does not."))
     if not label:
         st.info("Choose a perturbation.")
         return
@@ -83,10 +88,10 @@ def lcd_mode(screen, run, model) -> None:
         ui.show_error(e)
         return
     targets = targets_of(label)
-    rk = (ui.run_key(run), screen.data_hash, label, int(n_cells), seed)  # key of everything derived below
+    rk = (ui.run_key(run), screen.data_hash, label, int(n_cells), seed, n_evals)  # key of everything derived below
     extra = tuple(dict.fromkeys([KEYS.CONTROL, *targets])) if len(targets) == 2 else ()
-    ui.prefetch_predictions(run, extra, n_cells, seed)  # control and singles for the interaction class
-    pred = ui.prediction(run, (label,), n_cells, seed)
+    ui.prefetch_predictions(run, extra, n_cells, seed, n_evals=n_evals)  # control and singles for the GI class
+    pred = ui.prediction(run, (label,), n_cells, seed, n_evals=n_evals)
     if pred is None:
         return
     st.session_state["last_prediction"] = label
@@ -96,7 +101,7 @@ def lcd_mode(screen, run, model) -> None:
     if ui.same_genes(model, screen):
         control = screen.log1p(KEYS.CONTROL)
     else:  # another screen than the run's: compare with the model's own control cells
-        ctrl = ui.prediction(run, (KEYS.CONTROL,), n_cells, seed)
+        ctrl = ui.prediction(run, (KEYS.CONTROL,), n_cells, seed, n_evals=n_evals)
         if ctrl is None:
             return
         control = ctrl[KEYS.CONTROL]
@@ -113,7 +118,7 @@ def lcd_mode(screen, run, model) -> None:
     if len(targets) == 2:
         a, b = targets
         st.subheader("Genetic interaction")
-        more = ui.prediction(run, extra, n_cells, seed)
+        more = ui.prediction(run, extra, n_cells, seed, n_evals=n_evals)
         if more is None:
             return
         pred.update(more)

@@ -154,6 +154,12 @@ def test_perturb_double_drives_prediction_table_and_gi(app_env):
     methods = set(tables2["metrics_table"]["method"])
     assert {"lcd", "control", "additive"} <= methods
     assert {"additive_shift", "linear_shift"} <= set(tables2["shift_table"].columns)
+    # the sampler budget is a real setting: other cells, scored again
+    at.select_slider(key="pert_evals").set_value(16).run()
+    settle(at)
+    assert_clean(at)
+    lcd16 = find_df(at, "mmd").set_index("method").loc["lcd"]
+    assert not lcd16.equals(tables2["metrics_table"].set_index("method").loc["lcd"])
 
 
 def test_perturb_any_gene_set_and_whatif(app_env):
