@@ -5,7 +5,7 @@ Layout::
     runs/NAME/
         config.json          resolved configuration, data hash, genes, conditions, split, seed, version
         log.jsonl            one JSON object per progress report
-        checkpoints/         stage1.pt, stage2.pt: resumable state (tensors + plain values only)
+        checkpoints/         stage1.pt, stage2.pt: resumable state (tensors + plain values only; removed on completion)
         model.safetensors    final weights
         model.json           everything else the model needs to be rebuilt (plain JSON)
         cache/               CLIPR / module results, keyed by their parameters

@@ -9,6 +9,7 @@ continues from the last checkpoint.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -167,6 +168,9 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
     model.save(run)
     run.write_config(dict(cfg_json, status="complete"))
     run.mark_complete()
+    # a finished run is never resumed, and its checkpoints dwarf it (the standard preset's stage-1 state is
+    # ~14 MB per condition: 2.1 GB for 150 conditions on the H200 benchmark, against 10 MB of model)
+    shutil.rmtree(run.checkpoints, ignore_errors=True)
     run.log({"event": "complete"})
     return model
 
