@@ -704,6 +704,12 @@ class RayBackend(Backend):
 
         if variant not in CLIPR_DEFAULTS:  # here, not after shipping the weights
             raise ConfigError(f"unknown CLIPR variant {variant!r}; use paper or directed")
+        if variant == "directed":
+            # the cost is generating cells of every condition: spread them over the workers (self.predict),
+            # then the Lyapunov + on-target solve here (seconds at d = 1000)
+            return clipr_run(run, variant=variant, seed=seed, device="cpu",
+                             predict=lambda labels, n, seed: self.predict(run, labels, n, seed=seed, device=device),
+                             **kwargs)
         options, worker_device = self._task_options(device)
         blob, path = self._run_ref(run)
         ref = _remote()["clipr"].options(**options).remote(__version__, blob, path, variant, lam, seed,

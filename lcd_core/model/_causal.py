@@ -38,7 +38,7 @@ def single_gene_conditions(model: LCD) -> tuple[list[str], list[int]]:
 
 
 def get_clipr(model: LCD, *, variant: str = "paper", lam: float | None = None, seed: int = 0,
-              use_cache: bool = True, **kwargs) -> CliprResult:
+              use_cache: bool = True, predict=None, **kwargs) -> CliprResult:
     """Causal effects of the run's learned drift.
 
     Parameters
@@ -55,6 +55,10 @@ def get_clipr(model: LCD, *, variant: str = "paper", lam: float | None = None, s
         Seed of the generated cells (directed variant).
     use_cache
         Read / write ``cache/clipr-<hash>.npz`` in the run directory.
+    predict
+        Directed variant: ``predict(labels, n_cells, seed) -> Prediction`` that generates the cells;
+        default ``model.predict``. A backend passes its own to spread the conditions over workers (a
+        condition's cells depend only on (seed, label), so the result does not change).
     **kwargs
         Passed on: ``ref_point``, ``ref_sigma``, ``schedule`` (paper); ``n_cells``, ``weight_on_target``,
         ``ridge`` (directed).
@@ -84,7 +88,7 @@ def get_clipr(model: LCD, *, variant: str = "paper", lam: float | None = None, s
                                   model.sd, target_index, device=model.device, **p)
     else:
         n_cells = int(params["n_cells"])
-        pred = model.predict(labels, n_cells, seed=seed)
+        pred = (predict or (lambda lab, n, seed: model.predict(lab, n, seed=seed)))(labels, n_cells, seed)
         cells = [pred.latent[lbl].astype(np.float64) for lbl in labels]
         extra = {k: v for k, v in params.items() if k not in ("variant", "seed", "n_cells")}
         result = clipr_directed_from_data(cells, target_index, **extra)
