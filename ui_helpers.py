@@ -300,17 +300,18 @@ def _poll(key: tuple, store: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ derived objects
-def _prediction_key(run_path, label: str, n_cells: int, seed: int, n_evals: int | None) -> tuple:
-    return ("predict", run_key(run_path), label, int(n_cells), int(seed), n_evals)
+def _prediction_job(run_path, label: str, n_cells: int, seed: int, n_evals: int | None) -> tuple:
+    """``(job key, job)`` sampling one label's cells: the one definition both the prefetch and the fetch use."""
+    rk = run_key(run_path)
+    model = _load_model(*rk)
+    key = ("predict", rk, label, int(n_cells), int(seed), n_evals)
+    return key, (lambda: model.predict([label], n_cells=n_cells, seed=seed, n_evals=n_evals))
 
 
 def prefetch_predictions(run_path: str | Path, labels, n_cells: int, seed: int, *, n_evals: int | None = None) -> None:
     """Start sampling ``labels`` in the background now (to be collected later with :func:`prediction`)."""
-    model = load_model(run_path)
     for label in labels:
-        jobs().submit(_prediction_key(run_path, label, n_cells, seed, n_evals),
-                      lambda lab=label: model.predict([lab], n_cells=n_cells, seed=seed, n_evals=n_evals),
-                      label="sampling cells")
+        jobs().submit(*_prediction_job(run_path, label, n_cells, seed, n_evals), label="sampling cells")
 
 
 def prediction(run_path: str | Path, labels: tuple[str, ...], n_cells: int, seed: int, *,
@@ -319,12 +320,10 @@ def prediction(run_path: str | Path, labels: tuple[str, ...], n_cells: int, seed
     cells depend only on (seed, label, sampler budget ``n_evals``; ``None``: the run's default), so control
     and singles are shared by every double that needs them. All jobs are submitted first, then awaited;
     ``None`` while any is still running."""
-    model = load_model(run_path)
     pending = {}
     for label in labels:
-        key = _prediction_key(run_path, label, n_cells, seed, n_evals)
-        pending[label] = (key, (lambda lab=label: model.predict([lab], n_cells=n_cells, seed=seed, n_evals=n_evals)))
-        jobs().submit(key, pending[label][1], label="sampling cells")
+        pending[label] = _prediction_job(run_path, label, n_cells, seed, n_evals)
+        jobs().submit(*pending[label], label="sampling cells")
     out = {}
     for label, (key, fn) in pending.items():
         pred = run_job(key, fn, label="sampling cells", what=f"Sampling cells of {label}", wait=wait)

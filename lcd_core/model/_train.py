@@ -169,7 +169,7 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
     run.write_config(dict(cfg_json, status="complete"))
     run.mark_complete()
     # a finished run is never resumed, and its checkpoints dwarf it (the standard preset's stage-1 state is
-    # ~14 MB per condition: 2.1 GB for 150 conditions on the H200 benchmark, against 10 MB of model)
+    # ~14 MB per condition: 2.1 GB of a 150-condition run on the H200 benchmark, the model tens of MB)
     shutil.rmtree(run.checkpoints, ignore_errors=True)
     run.log({"event": "complete"})
     return model

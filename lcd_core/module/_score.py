@@ -24,8 +24,8 @@ class ScoreNet(torch.nn.Module):
       or [ours] ``c_out = σ² / sqrt(σ² + σ₀²)`` (``sigma_out = σ₀``). Both are σ at large σ. At small σ the
       first makes ``F`` an ε-prediction whose error the score amplifies by ``1/σ`` (100× at σ_min), so the
       drift ``s(x, σ_min)`` is poor; the second makes ``F ≈ −σ₀ s`` an O(1) score prediction there. On a
-      linear Gaussian screen the relative error of the learned score at σ_min falls from ~2.0 to ~0.19 with
-      σ₀ = 1 (the latent's unit scale), and at σ = 0.1 from 0.23 to 0.17 (tests/test_score.py).
+      linear Gaussian screen the relative error of the learned score at σ_min falls from 2.4 to 0.19 with
+      σ₀ = 1 (the latent's unit scale), and at σ = 0.1 from 0.24 to 0.18 (tests/test_score.py).
 
     Parameters
     ----------
