@@ -231,7 +231,10 @@ class Jobs:
         self._jobs: OrderedDict[tuple, Job] = OrderedDict()
         self._max = max_results
 
-    def submit(self, key: tuple, fn: Callable[[], Any], label: str = "") -> Job:
+    def submit(self, key: tuple, fn: Callable[[], Any], label: str = "", *, after: Job | None = None) -> Job:
+        """Start ``fn`` in a daemon thread unless a job under ``key`` exists (a failed one is retried only
+        for unexpected errors). ``after``: a job this one waits for before it starts, so that work queued
+        behind what the page shows first does not take the CPU from it."""
         with self._lock:
             job = self._jobs.get(key)
             if job is not None and not (job.done.is_set() and job.error is not None and not isinstance(job.error, LCDError)):
@@ -247,6 +250,8 @@ class Jobs:
 
         def work():
             try:
+                if after is not None:
+                    after.wait(None)
                 job.result = fn()
             except BaseException as e:  # noqa: BLE001 - reported to the page, never raised in the worker
                 job.error = e
@@ -308,10 +313,18 @@ def _prediction_job(run_path, label: str, n_cells: int, seed: int, n_evals: int 
     return key, (lambda: model.predict([label], n_cells=n_cells, seed=seed, n_evals=n_evals))
 
 
-def prefetch_predictions(run_path: str | Path, labels, n_cells: int, seed: int, *, n_evals: int | None = None) -> None:
-    """Start sampling ``labels`` in the background now (to be collected later with :func:`prediction`)."""
+def prefetch_predictions(run_path: str | Path, labels, n_cells: int, seed: int, *, n_evals: int | None = None,
+                         after: str | None = None) -> None:
+    """Queue sampling ``labels`` in the background (collected later with :func:`prediction`), one after
+    the other, behind label ``after`` (submitted now if new). On a laptop's few cores, jobs running side by
+    side each take as long as all of them together: queued, the cells the page shows first (``after``)
+    arrive first, and the rest while the page draws them."""
+    prev = jobs().submit(*_prediction_job(run_path, after, n_cells, seed, n_evals), label="sampling cells") \
+        if after is not None else None
     for label in labels:
-        jobs().submit(*_prediction_job(run_path, label, n_cells, seed, n_evals), label="sampling cells")
+        if label != after:
+            prev = jobs().submit(*_prediction_job(run_path, label, n_cells, seed, n_evals), label="sampling cells",
+                                 after=prev)
 
 
 def prediction(run_path: str | Path, labels: tuple[str, ...], n_cells: int, seed: int, *,

@@ -181,20 +181,33 @@ def cmd_clipr(args: argparse.Namespace) -> None:
     from .model import LCD, get_clipr
     from .tl import write_effects_csv
 
+    extra = {}
+    if args.source != "cells":
+        if args.variant != "directed":
+            raise ConfigError("--source chooses where directed CLIPR takes Σ and the limit responses from; "
+                              "add --variant directed")
+        extra["source"] = args.source
+    if args.source == "data":
+        from .data import read_screen
+
+        if not args.data:
+            raise ConfigError("--source data needs --data: the screen the run was trained on")
+        extra["screen"] = read_screen(args.data, **_screen_kwargs(args))
     if args.backend == "ray":
         # the client needs only the genes and provenance (its own device may lack what --device names)
         model = LCD.load(args.run, device="cpu")
         with _backend(args) as backend:  # either variant runs where the cluster has a GPU, as get_clipr
-            result = backend.clipr(args.run, variant=args.variant, lam=args.lam, device=args.device)
+            result = backend.clipr(args.run, variant=args.variant, lam=args.lam, device=args.device, **extra)
     else:
         model = LCD.load(args.run, device=args.device)
-        result = get_clipr(model, variant=args.variant, lam=args.lam)
+        result = get_clipr(model, variant=args.variant, lam=args.lam, **extra)
     for w in result.warnings:
         print(f"lcd clipr: warning: {w}", file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_effects_csv(out, result.effects, model.genes,
-                      provenance=_provenance(model, variant=args.variant, lam=result.params.get("lam")))
+    write_effects_csv(out, result.effects, model.genes, provenance=_provenance(
+        model, variant=args.variant, lam=result.params.get("lam"),
+        **({"source": args.source} if args.variant == "directed" else {})))
     print(f"wrote {out}: {len(model.genes)}x{len(model.genes)} effects (rows = sources), variant={args.variant}")
 
 
@@ -327,8 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=["paper", "directed"], default="directed",
                    help="directed (default; ours, METHOD §4) or the paper's CLIPR")
     p.add_argument("--lam", type=float, default=1e-4, help="ridge regularisation of the paper variant")
+    p.add_argument("--source", choices=["cells", "fixed_points", "data"], default="cells",
+                   help="directed variant: Σ and limit responses from generated cells of every condition "
+                        "(default), from the drift's fixed points and generated control cells (fast at "
+                        "large d), or from the measured cells of --data (runs without a count model)")
+    p.add_argument("--data", help="the training screen (with --source data)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="output CSV: source,target,effect")
+    _add_screen_keys(p)
     _add_backend(p)
     p.set_defaults(func=cmd_clipr)
 

@@ -90,7 +90,8 @@ def lcd_mode(screen, run, model) -> None:
     targets = targets_of(label)
     rk = (ui.run_key(run), screen.data_hash, label, int(n_cells), seed, n_evals)  # key of everything derived below
     extra = tuple(dict.fromkeys([KEYS.CONTROL, *targets])) if len(targets) == 2 else ()
-    ui.prefetch_predictions(run, extra, n_cells, seed, n_evals=n_evals)  # control and singles for the GI class
+    # control and singles for the interaction class, queued behind the chosen label's own cells
+    ui.prefetch_predictions(run, extra, n_cells, seed, n_evals=n_evals, after=label)
     pred = ui.prediction(run, (label,), n_cells, seed, n_evals=n_evals)
     if pred is None:
         return

@@ -357,3 +357,28 @@ def test_cancelled_training_resumes_to_a_finished_run(app_env):
             and time.monotonic() - t0 < 240:
         time.sleep(1)
     assert next(r["state"] for r in ui.training_jobs() if r["name"] == "resumable") == "complete"
+
+
+def test_jobs_queued_after_another_wait_for_it():
+    """Prefetched cells (control, singles) queue behind the label the page shows first; the queue keeps
+    order, and results stay keyed by what they compute."""
+    import threading
+
+    import ui_helpers as ui
+
+    table = ui.Jobs()
+    gate, order = threading.Event(), []
+
+    def first():
+        gate.wait(10)
+        order.append("first")
+        return 1
+
+    a = table.submit(("t", "first"), first)
+    b = table.submit(("t", "second"), lambda: order.append("second") or 2, after=a)
+    c = table.submit(("t", "third"), lambda: order.append("third") or 3, after=b)
+    assert not b.wait(0.3) and order == []  # queued behind a job that has not finished
+    gate.set()
+    assert c.wait(10) and order == ["first", "second", "third"]
+    assert (a.result, b.result, c.result) == (1, 2, 3)
+    assert table.submit(("t", "second"), lambda: 99) is b  # same key: the existing job, not a rerun

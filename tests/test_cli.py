@@ -165,6 +165,17 @@ def test_clipr_and_modules_on_the_shipped_demo_run(tmp_path):
     eff = pd.read_csv(tmp_path / "effects.csv", comment="#")
     assert list(eff.columns) == ["source", "target", "effect"] and len(eff) > 0
     assert '"variant": "directed"' in (tmp_path / "effects.csv").read_text().splitlines()[0]
+    # Σ and limit responses from the drift's fixed points and generated control cells (METHOD §4)
+    run("clipr", tmp_path / "run", "--source", "fixed_points", "--out", tmp_path / "fp.csv")
+    fp = pd.read_csv(tmp_path / "fp.csv", comment="#")
+    assert '"source": "fixed_points"' in (tmp_path / "fp.csv").read_text().splitlines()[0]
+    assert fp.shape == eff.shape and np.isfinite(fp["effect"]).all()
+    for args, needle in ((("--source", "data", "--data", demo_screen_path()), "count model"),
+                         (("--source", "data"), "--data"),
+                         (("--variant", "paper", "--source", "fixed_points"), "--variant directed")):
+        bad = run("clipr", tmp_path / "run", *args, "--out", tmp_path / "no.csv", check=False)
+        assert_one_line_error(bad, needle)
+        assert not (tmp_path / "no.csv").exists()
 
     def modules(*extra):
         out = tmp_path / f"modules{len(extra)}.tsv"

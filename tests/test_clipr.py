@@ -109,6 +109,13 @@ def test_fixed_points_schedules_agree_and_stop_early():
     xr, info_r = fixed_points(score_fn, SIGMAS, torch.arange(4), x0, schedule="reference", max_steps=100)
     assert info_r["n_evals"] == 30 * 100 + 1
     assert np.abs(xr - truth).max() < 1e-2  # agrees with the fast schedule to the shortened count's accuracy
+    # denoiser steps (h = σ²): the same fixed points from at most 5 evaluations per level
+    xd, info_d = fixed_points(score_fn, SIGMAS, torch.arange(4), x0, schedule="denoiser", tol=1e-10)
+    assert np.abs(xd - truth).max() < 1e-7 and info_d["n_evals"] <= 30 * 5 + 1
+    assert info_d["n_evals"] * 3 < info["n_evals"], (info_d["n_evals"], info["n_evals"])
+    # a step too long for the drift is caught as a divergence, not returned
+    with pytest.raises(RunError, match="diverged"):
+        fixed_points(score_fn, SIGMAS, torch.arange(4), x0, schedule="denoiser", step_scale=1e4)
 
 
 def test_newton_fixed_points_on_exact_affine_and_nonlinear_drifts():

@@ -87,6 +87,18 @@ def test_perturbation_embeddings_add_for_combinations(net):
     assert not torch.allclose(net.score(x, 9, pa), net.score(x, 9, torch.zeros(1, 4)))
 
 
+def test_precomputed_condition_shifts_give_the_same_score(net):
+    table = torch.tensor([[0, 0, 0, 0], [1.0, 0, 0, 0], [0, 1.0, 1.0, 0]])
+    index = torch.tensor([2, 0, 1, 2, 1])
+    x = torch.randn(5, 6)
+    shifts = net.condition_shifts(table)
+    for sigma in (0.01, 0.7, 9):
+        torch.testing.assert_close(net.score(x, sigma, table, index=index, shifts=shifts),
+                                   net.score(x, sigma, table, index=index))
+    with pytest.raises(ValueError, match="index"):
+        net.score(x, 0.5, table, shifts=shifts)
+
+
 def test_unseen_gene_gets_mean_embedding(net):
     trained = torch.tensor([True, True, False, True])
     net.trained_mask.copy_(trained)

@@ -16,15 +16,18 @@ import numpy as np
 from .._constants import KEYS
 from ..data._conventions import targets_of
 from ..errors import ConfigError, RunError
-from ..tl import CliprResult, clipr_directed_from_data, clipr_from_drift
+from ..tl import CliprResult, clipr_directed_from_data, clipr_from_drift, limit_responses
 from ._lcd import LCD
 from ._run import RunDir, atomic_write_bytes
 
 #: defaults chosen by benchmark (docs/benchmarks.md), not copied from the paper
 #: paper variant: initial responses read at the control mean (x = 0), where the network has seen data, not
 #: at the paper's origin s⁰ = 0: on the linear protocol (d = K = 100, ER, seeds 0/1/2) sign-AUROC
-#: 0.966 / 0.963 / 0.951 against 0.958 / 0.936 / 0.794 at the origin (docs/benchmarks.md)
-CLIPR_DEFAULTS = {"paper": {"lam": 1e-4, "ref_point": "control_mean", "ref_sigma": None},
+#: 0.966 / 0.963 / 0.951 against 0.958 / 0.936 / 0.794 at the origin (docs/benchmarks.md); fixed points by
+#: the denoiser schedule (a tenth of the fast schedule's network evaluations, lcd_core.tl.fixed_points)
+#: where directed CLIPR takes Σ and the limit responses from (get_clipr's ``source``)
+DIRECTED_SOURCES = ("cells", "fixed_points", "data")
+CLIPR_DEFAULTS = {"paper": {"lam": 1e-4, "ref_point": "control_mean", "ref_sigma": None, "schedule": "denoiser"},
                   "directed": {"n_cells": 300, "weight_on_target": 1.0}}
 
 
@@ -41,7 +44,7 @@ def single_gene_conditions(model: LCD) -> tuple[list[str], list[int]]:
 
 
 def get_clipr(model: LCD, *, variant: str = "paper", lam: float | None = None, seed: int = 0,
-              use_cache: bool = True, predict=None, **kwargs) -> CliprResult:
+              use_cache: bool = True, predict=None, screen=None, **kwargs) -> CliprResult:
     """Causal effects of the run's learned drift.
 
     Parameters
@@ -62,9 +65,16 @@ def get_clipr(model: LCD, *, variant: str = "paper", lam: float | None = None, s
         Directed variant: ``predict(labels, n_cells, seed) -> Prediction`` that generates the cells;
         default ``model.predict``. A backend passes its own to spread the conditions over workers (a
         condition's cells depend only on (seed, label), so the result does not change).
+    screen
+        Directed variant with ``source="data"``: the training :class:`~lcd_core.data.Screen`.
     **kwargs
         Passed on: ``ref_point``, ``ref_sigma``, ``schedule`` (paper); ``n_cells``, ``weight_on_target``,
-        ``ridge`` (directed).
+        ``ridge`` and ``source`` (directed). ``source`` says where Σ and the limit responses come from
+        (METHOD §4): ``"cells"`` (default) means and pooled covariance of ``n_cells`` generated cells per
+        condition; ``"fixed_points"`` the fixed points of the drift (as the paper variant) with Σ from
+        max(``n_cells``, 2000, 2d) generated control cells, which costs one condition's sampling instead of K + 1 (at
+        d = K = 1000 on a CPU, minutes instead of an hour); ``"data"`` the measured cells of the
+        training conditions (runs without a count model, whose latent is the screen's normalised values).
 
     Returns
     -------
@@ -79,6 +89,10 @@ def get_clipr(model: LCD, *, variant: str = "paper", lam: float | None = None, s
     params = dict(CLIPR_DEFAULTS[variant], **kwargs, variant=variant, seed=seed)
     if variant == "paper" and lam is not None:
         params["lam"] = lam
+    if params.get("source", "cells") == "cells":
+        params.pop("source", None)  # the default keeps the cache key of runs written before it existed
+    elif variant != "directed" or params["source"] not in DIRECTED_SOURCES:
+        raise ConfigError(f"source={params['source']!r}: the directed variant takes one of {', '.join(DIRECTED_SOURCES)}")
     cache = _cache_path(model, params)
     if use_cache and cache is not None and cache.exists():
         return _load(cache, params)
@@ -90,17 +104,43 @@ def get_clipr(model: LCD, *, variant: str = "paper", lam: float | None = None, s
         result = clipr_from_drift(model.score_fn_for(labels), model.net.sde.sigmas.cpu().numpy(), model.mu,
                                   model.sd, target_index, device=model.device, **p)
     else:
-        n_cells = int(params["n_cells"])
-        pred = (predict or (lambda lab, n, seed: model.predict(lab, n, seed=seed)))(labels, n_cells, seed)
-        cells = [pred.latent[lbl].astype(np.float64) for lbl in labels]
-        extra = {k: v for k, v in params.items() if k not in ("variant", "seed", "n_cells")}
-        result = clipr_directed_from_data(cells, target_index, **extra)
+        result = _directed(model, labels, target_index, params, predict, screen)
     result.params.update(params)
     if not np.isfinite(result.effects).all():
         raise RunError("CLIPR produced non-finite effects: the learned drift diverged; retrain the run")
     if use_cache and cache is not None:
         _save(cache, result)
     return result
+
+
+def _directed(model: LCD, labels, target_index, params: dict, predict, screen) -> CliprResult:
+    n_cells, seed, source = int(params["n_cells"]), params["seed"], params.get("source", "cells")
+    extra = {k: v for k, v in params.items() if k not in ("variant", "seed", "n_cells", "source")}
+    predict = predict or (lambda lab, n, seed: model.predict(lab, n, seed=seed))
+    if source == "data":
+        if screen is None:
+            raise ConfigError("source='data' needs the training screen (get_clipr(..., screen=...), lcd clipr --data)")
+        if model.noise is not None:
+            raise ConfigError("source='data' needs a run without a count model: this run's latent states are not "
+                              "measured (use source='cells' or 'fixed_points')")
+        missing = [c for c in labels if c not in set(screen.conditions)]
+        if missing or list(screen.genes) != list(model.genes):
+            raise ConfigError("source='data' needs the run's own screen: "
+                              + (f"no cells of {', '.join(missing[:5])}" if missing else "other genes than the run's"))
+        return clipr_directed_from_data([screen.log1p(c).astype(np.float64) for c in labels], target_index, **extra)
+    if source == "fixed_points":
+        L, fp_info = limit_responses(model.score_fn_for(labels), model.net.sde.sigmas.cpu().numpy(), model.mu,
+                                     model.sd, len(labels), device=model.device, names=labels)
+        # one condition's covariance: more cells than the K + 1 pooled ones of "cells" need for the same
+        # precision (on the d = 20 pipeline test, AUROC 0.85 from 300 control cells, 0.89 from 2000), and
+        # more than d to be full rank
+        n_ctrl = max(n_cells, 2000, 2 * model.n_genes)
+        ctrl = predict([KEYS.CONTROL], n_ctrl, seed).latent[KEYS.CONTROL].astype(np.float64)
+        result = clipr_directed_from_data(None, target_index, means=L, Sigma=np.cov(ctrl, rowvar=False), **extra)
+        result.info["fixed_points"] = fp_info
+        return result
+    pred = predict(labels, n_cells, seed)
+    return clipr_directed_from_data([pred.latent[lbl].astype(np.float64) for lbl in labels], target_index, **extra)
 
 
 def _cache_path(model: LCD, params: dict):

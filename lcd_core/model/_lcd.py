@@ -241,10 +241,13 @@ class LCD:
         """``score_fn(x (n, d) standardised, sigma, cond (n,) long) -> (n, d)`` over ``labels``,
         the interface of :mod:`lcd_core.tl` (condition ``i`` = ``labels[i]``)."""
         table = self.condition_multihot(labels)
+        with torch.inference_mode():
+            shifts = self.net.condition_shifts(table)  # once: the flows evaluate the same conditions many times
 
         def score_fn(x: torch.Tensor, sigma: float, cond: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
-                return self.net.score(x.to(self.device, torch.float32), float(sigma), table, index=cond.to(self.device)).to(x.dtype)
+                return self.net.score(x.to(self.device, torch.float32), float(sigma), table,
+                                      index=cond.to(self.device), shifts=shifts).to(x.dtype)
 
         return score_fn
 

@@ -116,14 +116,22 @@ class ScoreNet(torch.nn.Module):
         used_mean = (pert != 0).any(0) & ~mask
         return pert @ table, used_mean
 
+    def condition_shifts(self, pert: torch.Tensor) -> list[torch.Tensor]:
+        """``U_l e_T + c_l`` of every row of ``pert`` ``(n_cond, P)``, one ``(n_cond, hidden)`` per hidden layer.
+
+        Pass the result as ``shifts=`` to :meth:`score` when the same conditions are evaluated many times
+        (fixed points of K conditions): at d = K = 1000 these projections cost as much as the backbone."""
+        dtype, dev = self.pert_emb.dtype, self.pert_emb.device
+        emb, _ = self.embedding_for(pert.to(device=dev, dtype=dtype))
+        return [proj(emb) for proj in self.pert_proj]
+
     def _pert_shifts(self, pert: torch.Tensor, index: torch.Tensor | None) -> list[torch.Tensor]:
         """``U_l e_T + c_l`` for every hidden layer, computed once per distinct condition."""
         inverse = index
         if index is None and pert.shape[0] > 1:
             # many chains usually share few conditions: project each distinct row once
             pert, inverse = torch.unique(pert, dim=0, return_inverse=True)
-        emb, _ = self.embedding_for(pert)
-        shifts = [proj(emb) for proj in self.pert_proj]
+        shifts = self.condition_shifts(pert)
         return shifts if inverse is None else [s[inverse] for s in shifts]
 
     def _level_shift(self, t: torch.Tensor) -> torch.Tensor:
@@ -147,7 +155,8 @@ class ScoreNet(torch.nn.Module):
 
     # -- forward --------------------------------------------------------------------------------------
     def denoise(
-        self, x: torch.Tensor, sigma_or_level, pert: torch.Tensor, *, index: torch.Tensor | None = None
+        self, x: torch.Tensor, sigma_or_level, pert: torch.Tensor, *, index: torch.Tensor | None = None,
+        shifts: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Denoiser ``D(x̃; σ, T) = x' − σ F(x', σ, e_T)``, ``x' = x̃ / sqrt(1 + σ²)``.
 
@@ -162,6 +171,8 @@ class ScoreNet(torch.nn.Module):
             Multi-hot ``(n, P)``, or ``(1, P)`` broadcast to all rows, or ``(n_cond, P)`` with ``index``.
         index
             Optional ``(n,)`` long: row of ``pert`` for each sample.
+        shifts
+            Optional :meth:`condition_shifts` of ``pert``, computed once by the caller (needs ``index``).
 
         Returns
         -------
@@ -172,14 +183,20 @@ class ScoreNet(torch.nn.Module):
         s = sigma.to(device=dev, dtype=dtype)
         s_col = s.unsqueeze(-1) if s.ndim else s
         x_in = x.to(device=dev, dtype=dtype) / torch.sqrt(1 + s_col**2)  # input scaling: unit-scale input
-        shifts = self._pert_shifts(pert.to(device=dev, dtype=dtype), None if index is None else index.to(dev))
+        if shifts is not None:
+            if index is None:
+                raise ValueError("`shifts` are per row of `pert`: pass `index` with them")
+            shifts = [s[index.to(dev)] for s in shifts]
+        else:
+            shifts = self._pert_shifts(pert.to(device=dev, dtype=dtype), None if index is None else index.to(dev))
         shifts[0] = shifts[0] + self._level_shift(t)
         f = self.backbone(x_in, shifts)
         c_out = s_col if self.sigma_out == 0 else s_col**2 / torch.sqrt(s_col**2 + self.sigma_out**2)
         return (x_in - c_out * f).to(device=x.device, dtype=x.dtype)
 
     def score(
-        self, x: torch.Tensor, sigma_or_level, pert: torch.Tensor, *, index: torch.Tensor | None = None
+        self, x: torch.Tensor, sigma_or_level, pert: torch.Tensor, *, index: torch.Tensor | None = None,
+        shifts: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Score ``s_θ(x̃, σ, T) = (D − x̃) / σ²`` (METHOD.md §2); arguments as :meth:`denoise`.
 
@@ -189,7 +206,7 @@ class ScoreNet(torch.nn.Module):
         sigma, _ = self._resolve(sigma_or_level, x.device)
         s = sigma.to(device=x.device, dtype=x.dtype)
         s2 = (s.unsqueeze(-1) if s.ndim else s) ** 2  # in x's dtype: float64 chains keep their precision
-        return (self.denoise(x, sigma_or_level, pert, index=index) - x) / s2
+        return (self.denoise(x, sigma_or_level, pert, index=index, shifts=shifts) - x) / s2
 
     forward = score
 

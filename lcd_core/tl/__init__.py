@@ -1,7 +1,7 @@
 """Tools on a trained model's output: CLIPR (paper and directed), the linear what-if, functional
 modules, enrichment, genetic interactions, recovery scores and exports (METHOD.md §4–6)."""
 
-from ._clipr import CliprResult, clipr_from_drift, clipr_paper
+from ._clipr import CliprResult, clipr_from_drift, clipr_paper, limit_responses
 from ._directed import clipr_directed, clipr_directed_from_data, interventional_inversion
 from ._embedding import ReferenceEmbedding, fit_reference_embedding, reference_cells
 from ._enrichment import bh_adjust, enrich_modules, read_gmt
@@ -15,7 +15,7 @@ from ._recovery import causal_recovery, sign_auroc, sign_macro_f1
 from ._whatif import whatif_shift
 
 __all__ = [
-    "CliprResult", "clipr_paper", "clipr_from_drift",
+    "CliprResult", "clipr_paper", "clipr_from_drift", "limit_responses",
     "clipr_directed", "clipr_directed_from_data", "interventional_inversion",
     "fixed_points", "whatif_shift",
     "ModuleResult", "find_modules",

@@ -132,6 +132,50 @@ def clipr_paper(
     return A_hat, b_hat, c_hat, {"singular_values": s, "rank": rank, "rcond_LLt": float(rcond), "warnings": msgs}
 
 
+def limit_responses(
+    score_fn: ScoreFn,
+    sigmas: Sequence[float] | np.ndarray,
+    mu: np.ndarray,
+    sd: np.ndarray,
+    n: int,
+    *,
+    x_init: np.ndarray | None = None,
+    dtype: torch.dtype = torch.float32,
+    names: Sequence[str] | None = None,
+    **kwargs,
+) -> tuple[np.ndarray, dict]:
+    """Limit responses l_q: fixed points of the drift of conditions ``0 … n−1``, in state space (METHOD §4).
+
+    Parameters
+    ----------
+    score_fn, sigmas
+        As :func:`clipr_from_drift`.
+    mu, sd
+        ``(d,)`` standardisation x = (s − mu) / sd.
+    n
+        Number of conditions (``score_fn``'s condition indices 0 … n−1).
+    x_init
+        Start of the flows in standardised space; default the control mean (x = 0).
+    **kwargs
+        ``schedule``, ``tol``, ``max_steps``, ``batch_size``, ``device`` of :func:`fixed_points`.
+
+    Returns
+    -------
+    ``L`` ``(d, n)`` in state space and the :func:`fixed_points` info.
+    """
+    mu = np.asarray(mu, dtype=float).ravel()
+    sd = np.asarray(sd, dtype=float).ravel()
+    d = mu.size
+    if x_init is None:
+        x_init = np.zeros((n, d))
+    x0 = torch.as_tensor(np.broadcast_to(np.asarray(x_init, dtype=float), (n, d)).copy(), dtype=dtype)
+    x_fix, fp_info = fixed_points(score_fn, np.asarray(sigmas, dtype=float), torch.arange(n), x0, dtype=dtype,
+                                  names=names, **kwargs)
+    if not np.isfinite(x_fix).all():
+        raise RunError("The fixed points contain NaN/inf: the learned drift diverged.")
+    return (mu[None, :] + sd[None, :] * x_fix).T, fp_info
+
+
 def clipr_from_drift(
     score_fn: ScoreFn,
     sigmas: Sequence[float] | np.ndarray,
@@ -142,7 +186,7 @@ def clipr_from_drift(
     lam: float = 1e-4,
     ref_point: str = "origin",
     ref_sigma: float | None = None,
-    schedule: str = "fast",
+    schedule: str = "denoiser",
     tol: float | None = None,
     max_steps: int | None = None,
     x_init: np.ndarray | None = None,
@@ -202,19 +246,9 @@ def clipr_from_drift(
         ref_sigma = float(sig[np.argmin(np.abs(np.log(sig / _MODERATE_SIGMA)))])
     n = len(tidx)
     conds = torch.arange(n)
-    if x_init is None:
-        x_init = np.zeros((n, d))
-    x0 = torch.as_tensor(np.broadcast_to(np.asarray(x_init, dtype=float), (n, d)).copy(), dtype=dtype)
     names = ["ctrl"] + [f"gene {t}" for t in tidx[1:]]
-
-    # limit responses: fixed points of every condition's drift, mapped back to state space
-    x_fix, fp_info = fixed_points(
-        score_fn, sig, conds, x0, schedule=schedule, tol=tol, max_steps=max_steps,
-        dtype=dtype, device=device, batch_size=batch_size, names=names,
-    )
-    if not np.isfinite(x_fix).all():
-        raise RunError("The fixed points contain NaN/inf: the learned drift diverged.")
-    L = (mu[None, :] + sd[None, :] * x_fix).T
+    L, fp_info = limit_responses(score_fn, sig, mu, sd, n, schedule=schedule, tol=tol, max_steps=max_steps,
+                                 x_init=x_init, dtype=dtype, device=device, batch_size=batch_size, names=names)
 
     # initial responses at the common reference point; chain rule f_state = f_std / sd (METHOD §4)
     s0 = np.zeros(d) if ref_point == "origin" else mu.copy()

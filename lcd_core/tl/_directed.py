@@ -310,11 +310,12 @@ def interventional_inversion(
 
 
 def clipr_directed_from_data(
-    cells: Sequence[np.ndarray],
+    cells: Sequence[np.ndarray] | None,
     target_index: Sequence[int | None],
     *,
     method: str = "lyapunov",
     Sigma: np.ndarray | None = None,
+    means: np.ndarray | None = None,
     **kwargs,
 ) -> CliprResult:
     """Directed CLIPR from per-condition latent states (stage-1 samples, generated or measured cells).
@@ -334,6 +335,9 @@ def clipr_directed_from_data(
     Sigma
         ``(d, d)`` covariance to use instead of the pooled one (e.g. pooled over more conditions than
         those whose shifts enter the on-target equations).
+    means
+        ``(d, K+1)`` limit responses to use instead of the cell means (e.g. fixed points of the learned
+        drift). With both ``Sigma`` and ``means`` given, ``cells`` may be ``None``.
     **kwargs
         Passed to :func:`clipr_directed` (``weight_on_target``, ``ridge``, ``scale``, ``solver``).
 
@@ -344,16 +348,28 @@ def clipr_directed_from_data(
         ``info['Sigma']`` the pooled covariance.
     """
     tidx = list(target_index)
-    if len(cells) != len(tidx) or not tidx or tidx[0] is not None:
-        raise ConfigError("Pass one cell array per condition, with the control (target None) first.")
-    X = [np.asarray(c, dtype=float) for c in cells]
-    d = X[0].shape[1]
-    if any(x.ndim != 2 or x.shape[1] != d or x.shape[0] < 2 for x in X):
-        raise ConfigError("Every condition needs an (n_q >= 2, d) array with the same d.")
-    means = np.stack([x.mean(0) for x in X], axis=1)
-    n_tot = sum(x.shape[0] for x in X)
-    if Sigma is None:
-        Sigma = sum((x - x.mean(0)).T @ (x - x.mean(0)) for x in X) / (n_tot - len(X))
+    if not tidx or tidx[0] is not None:
+        raise ConfigError("Condition 0 must be the control (target None).")
+    if cells is None:
+        if Sigma is None or means is None:
+            raise ConfigError("Without cells, pass both `Sigma` and `means`.")
+    else:
+        if len(cells) != len(tidx):
+            raise ConfigError("Pass one cell array per condition, with the control (target None) first.")
+        X = [np.asarray(c, dtype=float) for c in cells]
+        d = X[0].shape[1]
+        if any(x.ndim != 2 or x.shape[1] != d or x.shape[0] < 2 for x in X):
+            raise ConfigError("Every condition needs an (n_q >= 2, d) array with the same d.")
+        if means is None:
+            means = np.stack([x.mean(0) for x in X], axis=1)
+        if Sigma is None:
+            n_tot = sum(x.shape[0] for x in X)
+            Sigma = sum((x - x.mean(0)).T @ (x - x.mean(0)) for x in X) / (n_tot - len(X))
+    means = np.asarray(means, dtype=float)
+    Sigma = np.asarray(Sigma, dtype=float)
+    d = Sigma.shape[0]
+    if Sigma.shape != (d, d) or means.shape != (d, len(tidx)):
+        raise ConfigError(f"`Sigma` must be (d, d) and `means` (d, {len(tidx)}); got {Sigma.shape} and {means.shape}.")
     single = [k for k in range(1, len(tidx)) if tidx[k] is not None]
     D = means[:, single] - means[:, :1]
     tg = [int(tidx[k]) for k in single]

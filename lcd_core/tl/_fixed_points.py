@@ -11,10 +11,12 @@ from ..errors import ConfigError, RunError
 
 #: the paper's base step, h_k = 1e-6 · (σ_k / σ_min)² (METHOD §3)
 _BASE_STEP = 1e-6
-#: schedule name -> (steps per level, step multiplier). "fast": METHOD §4 practical notes (50 steps per
-#: level with a 10x larger step reached the reference fixed points in a tenth of the time). "newton":
-#: (iterations, unused) of the chord-Newton root finder at σ_min [ours].
-_SCHEDULES = {"reference": (500, 1.0), "fast": (50, 10.0), "newton": (100, 1.0)}
+#: schedule name -> (steps per level, step multiplier). "reference" and "fast" multiply the paper's step
+#: 1e-6·(σ_k/σ_min)²; "fast": METHOD §4 practical notes (50 steps per level with a 10x larger step reached
+#: the reference fixed points in a tenth of the time). "denoiser" [ours] multiplies σ_k², the step at which
+#: an Euler step is the denoiser x ← D(x, σ_k). "newton": (iterations, unused) of the chord-Newton root
+#: finder at σ_min [ours].
+_SCHEDULES = {"reference": (500, 1.0), "fast": (50, 10.0), "denoiser": (5, 1.0), "newton": (100, 1.0)}
 #: finite-difference step (standardised units) of the chord Jacobian
 _FD_STEP = 1e-2
 
@@ -27,7 +29,7 @@ def fixed_points(
     conds: Sequence[int] | np.ndarray | torch.Tensor,
     x_init: np.ndarray | torch.Tensor | None = None,
     *,
-    schedule: str = "fast",
+    schedule: str = "denoiser",
     tol: float | None = None,
     max_steps: int | None = None,
     step_scale: float | None = None,
@@ -52,11 +54,17 @@ def fixed_points(
     fast annealed flow instead, and named in ``info["fallback"]``; on the demo's learned count drift that
     was every condition, so it is an option, not the default.
 
-    The annealed flow (``"fast"``, ``"reference"``): for each noise level σ_k (largest first) it takes Euler steps
-    ``x ← x + h_k · s(x, σ_k, q)`` with ``h_k = step_scale · 1e-6 · (σ_k/σ_min)²`` (METHOD §3 with the
-    noise switched off, METHOD §4). A level ends after ``max_steps`` steps or as soon as every condition's
-    step is below ``tol`` relative to its state (``max|Δx| / (1 + max|x|)``), so converged flows stop early
-    instead of running a blind step count.
+    The annealed flow (``"denoiser"``, ``"fast"``, ``"reference"``): for each noise level σ_k (largest
+    first) it takes Euler steps ``x ← x + h_k · s(x, σ_k, q)`` with ``h_k = step_scale · 1e-6 · (σ_k/σ_min)²``
+    (METHOD §3 with the noise switched off, METHOD §4), or for ``"denoiser"`` [ours] ``h_k = step_scale · σ_k²``.
+    At ``step_scale = 1`` that step is the denoiser itself, ``x ← x + σ²s = D(x, σ_k)`` (Tweedie), whose
+    Jacobian ``Cov[x₀ | x] / σ²`` has its eigenvalues in [0, 1) for a log-concave law: the largest step that
+    still converges monotonically, 10× the fast schedule's (at σ_min = 0.01) and 100× the paper's. Five of
+    them per level do at least the work of the fast schedule's 50 on every linear direction
+    (``(1 − r)⁵ ≤ (1 − r/10)⁵⁰``) for a tenth of the evaluations; on the demo run's 49 conditions the fixed
+    points differ from the reference schedule's by 0.16 % of their spread (fast: 0.03 %). A level ends after
+    ``max_steps`` steps or as soon as every condition's step is below ``tol`` relative to its state
+    (``max|Δx| / (1 + max|x|)``), so converged flows stop early instead of running a blind step count.
 
     Parameters
     ----------
@@ -70,11 +78,11 @@ def fixed_points(
         ``(K, d)`` or ``(d,)`` start in standardised space; ``None`` needs ``d`` from a ``(K, d)``
         array, so pass zeros (the control mean) explicitly.
     schedule
-        ``"newton"`` (chord-Newton at σ_min), ``"fast"`` (50 steps per level, 10× step) or ``"reference"``
-        (500 steps, the paper's step).
+        ``"denoiser"`` (5 denoiser steps per level), ``"fast"`` (50 steps per level, 10× the paper's step),
+        ``"reference"`` (500 steps, the paper's step) or ``"newton"`` (chord-Newton at σ_min).
     tol
         Relative-step tolerance of the early stop; default ``1e-4`` for newton (float32 drifts), ``1e-6``
-        for fast, ``0`` (never stop early, the paper's blind count) for reference.
+        for denoiser and fast, ``0`` (never stop early, the paper's blind count) for reference.
     max_steps, step_scale
         Override the schedule's steps per level and step multiplier.
     divergence_bound
@@ -108,7 +116,7 @@ def fixed_points(
     n_steps = int(max_steps if max_steps is not None else n_default)
     scale = float(step_scale if step_scale is not None else scale_default)
     if tol is None:
-        tol = {"newton": 1e-4, "fast": 1e-6}.get(schedule, 0.0)
+        tol = {"newton": 1e-4, "fast": 1e-6, "denoiser": 1e-6}.get(schedule, 0.0)
     if n_steps < 1 or scale <= 0:
         raise ConfigError("`max_steps` must be >= 1 and `step_scale` > 0.")
     cond_t = (conds if isinstance(conds, torch.Tensor) else torch.as_tensor(np.asarray(conds))).long().ravel()
@@ -151,7 +159,7 @@ def fixed_points(
             else:
                 x, rel, steps, ev = _annealed_flow(
                     score_fn, sig, cond_t[sl], x0[sl].clone(), n_steps, scale, tol, divergence_bound, names[sl],
-                    sig_min,
+                    sig_min, denoiser_step=schedule == "denoiser",
                 )
             f_end = score_fn(x, float(sig[-1]), cond_t[sl])
             out.append(x.double().cpu().numpy())
@@ -237,13 +245,13 @@ def _chord_newton(score_fn, sigma, cond, x, max_iter, tol, bound, names):
     return x, rel.numpy(), np.array([it]), n_evals
 
 
-def _annealed_flow(score_fn, sig, cond, x, n_steps, scale, tol, bound, names, sig_min):
+def _annealed_flow(score_fn, sig, cond, x, n_steps, scale, tol, bound, names, sig_min, denoiser_step=False):
     """Noise-free annealed Langevin flow (Euler) with a per-level early stop; returns the last state."""
     steps = np.zeros(len(sig), dtype=int)
     rel = torch.full((len(cond),), float("inf"), dtype=torch.float64)
     n_evals = 0
     for k, s in enumerate(sig):
-        h = scale * _BASE_STEP * (float(s) / sig_min) ** 2
+        h = scale * float(s) ** 2 if denoiser_step else scale * _BASE_STEP * (float(s) / sig_min) ** 2
         for _ in range(n_steps):
             dx = h * score_fn(x, float(s), cond).to(x.dtype)
             x = x + dx  # Euler step of dx/dt = s(x, σ_k): the annealed Langevin step without its noise
