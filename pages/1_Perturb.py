@@ -51,13 +51,19 @@ def choose_lcd(model, screen) -> str | None:
     return KEYS.COMBO_SEP.join(sorted(genes)) if genes else None
 
 
-def umap_block(run, screen, model, predicted: dict[str, np.ndarray], observed: dict[str, np.ndarray]) -> None:
+def umap_block(run, screen, model, predicted: dict[str, np.ndarray], observed: list[str]) -> None:
+    """Predicted cells and the measured cells of the ``observed`` labels on the reference embedding."""
     emb = ui.embedding(run, screen)
     if emb is None:
         return
     try:
         pred_xy = {k: emb.transform(v) for k, v in predicted.items()}
-        obs_xy = {k: emb.transform(v) for k, v in observed.items()}
+        obs_xy = {}
+        for k in observed:
+            job = ui.observed_projection(run, screen, k, wait=None)
+            if job.error is not None:
+                raise job.error
+            obs_xy[k] = job.result
     except LCDError as e:
         ui.show_error(e, "Projection into the reference embedding failed")
         return
@@ -92,12 +98,14 @@ def lcd_mode(screen, run, model) -> None:
     extra = tuple(dict.fromkeys([KEYS.CONTROL, *targets])) if len(targets) == 2 else ()
     # control and singles for the interaction class, queued behind the chosen label's own cells
     ui.prefetch_predictions(run, extra, n_cells, seed, n_evals=n_evals, after=label)
+    has_obs = ui.same_genes(model, screen) and label in set(screen.conditions)
+    if has_obs:
+        ui.observed_projection(run, screen, label, wait=0)  # beside the sampling, not after it
     pred = ui.prediction(run, (label,), n_cells, seed, n_evals=n_evals)
     if pred is None:
         return
     st.session_state["last_prediction"] = label
     cells = pred[label]
-    has_obs = ui.same_genes(model, screen) and label in set(screen.conditions)
     obs = screen.log1p(label) if has_obs else None
     if ui.same_genes(model, screen):
         control = screen.log1p(KEYS.CONTROL)
@@ -113,7 +121,7 @@ def lcd_mode(screen, run, model) -> None:
                 unsafe_allow_html=True)
     if unseen:
         st.info(f"Never perturbed in training: {', '.join(unseen)} (they use the mean of the trained embeddings).")
-    umap_block(run, screen, model, {label: cells}, {label: obs} if has_obs else {})
+    umap_block(run, screen, model, {label: cells}, [label] if has_obs else [])
 
     # genetic interaction of a double (METHOD §6): from predicted cells, and from observed ones if all exist
     if len(targets) == 2:
@@ -207,7 +215,7 @@ def whatif_mode(screen, run, model) -> None:
         return
     label = f"what-if: {direction} {'+'.join(genes)} ({strength:g} sd)"
     st.subheader(label)
-    umap_block(run, screen, model, {label: cells}, {})
+    umap_block(run, screen, model, {label: cells}, [])
     control = screen.log1p(KEYS.CONTROL) if ui.same_genes(model, screen) else cells
     table = gene_shift_table(cells, control, model.genes)
     table.insert(1, "latent_shift_sd", (shift / np.asarray(model.sd))[[model.genes.index(g) for g in table["gene"]]])

@@ -148,6 +148,21 @@ def test_perturb_double_drives_prediction_table_and_gi(app_env):
     assert not tables1["shift_table"].equals(tables2["shift_table"])
     assert not tables1["gi_table"].equals(tables2["gi_table"])
     assert set(tables2["gi_table"]["source"]) == {"LCD prediction", "observed cells"}
+    # the held-out double's measured cells are on the embedding beside the predicted ones, one point each
+    import base64
+    import json
+
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    traces = {t.get("name"): t for t in fig["data"]}
+    assert f"{b} (predicted)" in traces and f"{b} (observed)" in traces
+    import anndata as ad
+
+    from lcd_core import KEYS
+
+    n_obs = int((ad.read_h5ad(app_env["screen"]).obs[KEYS.PERT].astype(str) == b).sum())
+    x = traces[f"{b} (observed)"]["x"]  # plotly ships arrays as base64 ("bdata") or as lists
+    n_points = len(np.frombuffer(base64.b64decode(x["bdata"]), dtype=x["dtype"])) if isinstance(x, dict) else len(x)
+    assert n_points == n_obs > 0
     assert tables2["gi_table"]["class"].iloc[0] in {"additive", "synergy", "suppression", "neomorphism",
                                                    "epistasis", "redundancy"}
     # observed cells exist for a held-out double: LCD and the baselines are scored side by side
