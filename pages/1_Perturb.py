@@ -99,8 +99,6 @@ def lcd_mode(screen, run, model) -> None:
     # control and singles for the interaction class, queued behind the chosen label's own cells
     ui.prefetch_predictions(run, extra, n_cells, seed, n_evals=n_evals, after=label)
     has_obs = ui.same_genes(model, screen) and label in set(screen.conditions)
-    if has_obs:
-        ui.observed_projection(run, screen, label, wait=0)  # beside the sampling, not after it
     pred = ui.prediction(run, (label,), n_cells, seed, n_evals=n_evals)
     if pred is None:
         return

@@ -335,7 +335,7 @@ def test_reference_embedding_projects_new_cells_and_scatter_switches_to_webgl():
     big = embedding_scatter(rng.normal(size=(12_000, 2)), predicted={"A": new}, max_reference_points=None)
     assert {t.type for t in big.data} == {"scattergl"}
     capped = embedding_scatter(rng.normal(size=(12_000, 2)), predicted={"A": new})
-    assert len(capped.data[0].x) == 3000
+    assert len(capped.data[0].x) == 1500
     assert {t.type for t in big.data} == {"scattergl"}
 
 

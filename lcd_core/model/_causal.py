@@ -20,13 +20,13 @@ from ..tl import CliprResult, clipr_directed_from_data, clipr_from_drift, limit_
 from ._lcd import LCD
 from ._run import RunDir, atomic_write_bytes
 
+#: where directed CLIPR takes Σ and the limit responses from (get_clipr's ``source``)
+DIRECTED_SOURCES = ("cells", "fixed_points", "data")
 #: defaults chosen by benchmark (docs/benchmarks.md), not copied from the paper
 #: paper variant: initial responses read at the control mean (x = 0), where the network has seen data, not
 #: at the paper's origin s⁰ = 0: on the linear protocol (d = K = 100, ER, seeds 0/1/2) sign-AUROC
 #: 0.966 / 0.963 / 0.951 against 0.958 / 0.936 / 0.794 at the origin (docs/benchmarks.md); fixed points by
 #: the denoiser schedule (a tenth of the fast schedule's network evaluations, lcd_core.tl.fixed_points)
-#: where directed CLIPR takes Σ and the limit responses from (get_clipr's ``source``)
-DIRECTED_SOURCES = ("cells", "fixed_points", "data")
 CLIPR_DEFAULTS = {"paper": {"lam": 1e-4, "ref_point": "control_mean", "ref_sigma": None, "schedule": "denoiser"},
                   "directed": {"n_cells": 300, "weight_on_target": 1.0}}
 
@@ -72,9 +72,9 @@ def get_clipr(model: LCD, *, variant: str = "paper", lam: float | None = None, s
         ``ridge`` and ``source`` (directed). ``source`` says where Σ and the limit responses come from
         (METHOD §4): ``"cells"`` (default) means and pooled covariance of ``n_cells`` generated cells per
         condition; ``"fixed_points"`` the fixed points of the drift (as the paper variant) with Σ from
-        max(``n_cells``, 2000, 2d) generated control cells, which costs one condition's sampling instead of K + 1 (at
-        d = K = 1000 on a CPU, minutes instead of an hour); ``"data"`` the measured cells of the
-        training conditions (runs without a count model, whose latent is the screen's normalised values).
+        max(``n_cells``, 2000, 2d) generated control cells: one condition's sampling instead of K + 1;
+        ``"data"`` the measured cells of the training conditions (runs without a count model, whose
+        latent is the screen's normalised values).
 
     Returns
     -------

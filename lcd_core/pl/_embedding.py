@@ -22,7 +22,7 @@ def embedding_scatter(
     method: str = "UMAP",
     title: str | None = None,
     webgl_min_points: int = WEBGL_MIN_POINTS,
-    max_reference_points: int | None = 3000,
+    max_reference_points: int | None = 1500,
 ) -> go.Figure:
     """Reference cells in grey, observed cells (circles) and predicted cells (crosses) per condition in
     one colour each, and an arrow from the control centroid to each condition's predicted centroid.
@@ -41,7 +41,9 @@ def embedding_scatter(
         Use ``Scattergl`` for every trace when the figure holds at least this many points.
     max_reference_points
         Draw at most this many reference cells (an even stride through them): the grey backdrop only
-        needs its shape, and fewer points keep the browser quick. ``None`` draws all.
+        needs its shape, and the browser draws every point again for each new question (on the demo,
+        1500 instead of 3000 took the slowest double → updated UMAP from 2.0 to 1.7 s on a 2-core
+        laptop-class CPU, docs/benchmarks.md). ``None`` draws all.
     """
     observed, predicted = dict(observed or {}), dict(predicted or {})
     reference = np.asarray(reference)
