@@ -61,9 +61,12 @@ def umap_block(run, screen, model, predicted: dict[str, np.ndarray], observed: l
         obs_xy = {}
         for k in observed:
             job = ui.observed_projection(run, screen, k, wait=None)
-            if job.error is not None:
+            if job is None:  # the embedding left the job table meanwhile: project here
+                obs_xy[k] = emb.transform(screen.log1p(k))
+            elif job.error is not None:
                 raise job.error
-            obs_xy[k] = job.result
+            else:
+                obs_xy[k] = job.result
     except LCDError as e:
         ui.show_error(e, "Projection into the reference embedding failed")
         return
