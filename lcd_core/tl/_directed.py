@@ -196,13 +196,17 @@ def _solve_cg(S, Sn, D, t, mask, w2, ridge, c, scale, tol, max_iter):
         return Z
 
     rhs = -2.0 * c * Sn
-    # Warm start: with every gene perturbed, the interventional inversion (row-scaled by the Lyapunov
-    # diagonal) is already the answer on exact inputs; otherwise the K = 0 solution −(s/2)Σ⁻¹.
-    if K and set(first) == set(range(d)):
-        A = _inversion(D[:, cols], rows, S, scale)
-    else:
-        A = -0.5 * scale * np.linalg.inv(S)
+    # Warm start: the K = 0 solution −(s/2)Σ⁻¹, or, with every gene perturbed, the interventional
+    # inversion (row-scaled by the Lyapunov diagonal) if its residual is smaller. The inversion is the
+    # answer on exact inputs, but it amplifies the noise of estimated means: at d = K = 1000 with means
+    # from 200 cells, CG needed ~300 iterations from it and 50 from −Σ⁻¹/2 for the same estimate.
+    A = -0.5 * scale * np.linalg.inv(S)
     r = rhs - normal(A)
+    if K and set(first) == set(range(d)):
+        A_inv = _inversion(D[:, cols], rows, S, scale)
+        r_inv = rhs - normal(A_inv)
+        if np.linalg.norm(r_inv) < np.linalg.norm(r):
+            A, r = A_inv, r_inv
     z = precond(r)
     p = z.copy()
     rz = np.vdot(r, z)
