@@ -194,6 +194,7 @@ def part_end2end(d=1000, device="cpu", directed_subset=25):
     res = get_clipr(model, variant="directed", source="fixed_points", use_cache=False)
     rows.append({"what": f"directed CLIPR end to end (get_clipr, source fixed_points), d=K={d}, {device}",
                  "wall_s": time.perf_counter() - t0, "n_evals": res.info["fixed_points"]["n_evals"],
+                 "cg_iterations": res.info.get("iterations"), "cg_rel_residual": res.info.get("rel_residual"),
                  "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
     labels = [KEYS.CONTROL, *genes[:directed_subset - 1]]
     t0 = time.perf_counter()
@@ -269,6 +270,7 @@ def main():
             device=args.device)
         for r in rows:
             print(f"{r['what']:<100} {r['wall_s']:9.1f} s" + (f"  evals={r['n_evals']}" if "n_evals" in r else "")
+                  + (f"  CG iterations={r['cg_iterations']}" if r.get("cg_iterations") is not None else "")
                   + (f"  peak RSS {r['peak_rss_MiB']:.0f} MiB" if "peak_rss_MiB" in r else ""))
     if "recovery" in parts:
         res["recovery"] = part_recovery()
