@@ -363,7 +363,7 @@ def embedding(run_path: str | Path, screen, *, wait: float = 0.5):
     from lcd_core.tl import fit_reference_embedding, reference_cells
 
     method = settings().embedding
-    key = _embedding_key(run_path, screen)
+    key = ("embedding", run_key(run_path), screen.data_hash, method)
     model = load_model(run_path)
 
     def fit():
@@ -373,24 +373,6 @@ def embedding(run_path: str | Path, screen, *, wait: float = 0.5):
     return run_job(key, fit, label="reference embedding",
                    what=f"Fitting the reference {method.upper()} of control + training cells (once per run)",
                    wait=wait, store="resources")
-
-
-def _embedding_key(run_path, screen) -> tuple:
-    return ("embedding", run_key(run_path), screen.data_hash, settings().embedding)
-
-
-def observed_projection(run_path: str | Path, screen, label: str, *, wait: float | None = None):
-    """Job projecting the measured cells of ``label`` into the run's reference embedding, once per
-    (run, screen, label), so reruns (polling, other widgets) do not project again; ``None`` until the
-    embedding exists. It runs when the chart needs it: started beside the sampling it slowed a new
-    double → updated UMAP (median 1.72 → 2.06 s on the 2-core benchmark; both compete for the cores)."""
-    emb = jobs("resources").get(_embedding_key(run_path, screen))
-    if emb is None or not emb.ok:
-        return None
-    key = ("observed_xy", run_key(run_path), screen.data_hash, emb.result.method, label)
-    job = jobs().submit(key, lambda: emb.result.transform(screen.log1p(label)), label="projecting cells")
-    job.wait(wait)
-    return job
 
 
 @st.cache_resource(show_spinner="Fitting the baselines…", max_entries=4)

@@ -171,7 +171,7 @@ def _solve_cg(S, Sn, D, t, mask, w2, ridge, c, scale, tol, max_iter):
     the time of float64 ones, and at d = 1000 they are the whole cost)."""
     d, K = D.shape
     dtype = np.float32 if tol >= 1e-6 else np.float64
-    Sn, D = Sn.astype(dtype), D.astype(dtype)
+    D64, Sn, D = D, Sn.astype(dtype), D.astype(dtype)
 
     def normal(A):
         R1 = A @ Sn
@@ -208,7 +208,7 @@ def _solve_cg(S, Sn, D, t, mask, w2, ridge, c, scale, tol, max_iter):
     A = (-0.5 * scale * np.linalg.inv(S)).astype(dtype)
     r = rhs - normal(A)
     if K and set(first) == set(range(d)):
-        A_inv = _inversion(D[:, cols].astype(np.float64), rows, S, scale).astype(dtype)
+        A_inv = _inversion(D64[:, cols], rows, S, scale).astype(dtype)
         r_inv = rhs - normal(A_inv)
         if np.linalg.norm(r_inv) < np.linalg.norm(r):
             A, r = A_inv, r_inv
