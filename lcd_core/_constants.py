@@ -30,6 +30,9 @@ class _Keys(NamedTuple):
     #: ``uns`` keys where preprocessing records what it removed
     QC: str = "lcd_qc"
     CONDITION_FILTER: str = "lcd_condition_filter"
+    #: obs column of a screen whose counts were recovered from normalised values: ``counts =
+    #: expm1(X) × size_factor`` per cell (lcd_core.data._recovery)
+    SIZE_FACTOR: str = "lcd_size_factor"
 
 
 KEYS = _Keys()

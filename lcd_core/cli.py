@@ -33,10 +33,18 @@ def _add_screen_keys(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-cells", type=int, default=1, help="refuse conditions with fewer cells (see --drop-small)")
     g.add_argument("--drop-small", action="store_true", help="drop conditions below --min-cells instead of refusing")
     g.add_argument("--strict", action="store_true", help="refuse perturbation targets that are not measured genes")
+    g.add_argument("--subset", action="append", metavar="KEY=VALUE",
+                   help="keep the cells of one context, e.g. cell_type=K562 (an obs column and one of its values; "
+                        "repeatable)")
+    g.add_argument("--no-count-recovery", action="store_true",
+                   help="read a normalised .X as it is, without recovering its integer counts "
+                        "(the no-measurement-model mode)")
 
 
 def _screen_kwargs(args: argparse.Namespace) -> dict:
     return dict(
+        count_recovery=not args.no_count_recovery,
+        subset=args.subset,
         perturbation_key=args.perturbation_key,
         control_label=args.control_label,
         combo_sep=args.combo_sep,
@@ -81,6 +89,25 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     _atomic_write_h5ad(adata, out)
     print(f"wrote {out}: {adata.n_obs} cells x {adata.n_vars} genes, "
           f"{adata.obs['perturbation'].nunique()} conditions (simulated, kind={args.kind}, seed={args.seed})")
+
+
+def _follow_run(kwargs: dict, run: str) -> dict:
+    """Read a run's screen as it was trained on: same context, and no recovered counts for a run trained
+    on the normalised values (its predictions live in the file's space, not ours)."""
+    from .data._contexts import parse_subset
+    from .model import RunDir
+
+    cfg = RunDir(run).read_config()
+    trained = cfg.get("subset") or None
+    given = parse_subset(kwargs.get("subset")) or None
+    if given is None and trained:
+        kwargs["subset"] = trained
+    elif given is not None and trained is not None and given != trained:
+        raise ConfigError(f"{run} was trained on --subset {' '.join(f'{k}={v}' for k, v in trained.items())}; "
+                          "pass the same subset (or none)")
+    if cfg.get("mode") == "normalised":
+        kwargs["count_recovery"] = False
+    return kwargs
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -137,6 +164,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         print(json.dumps(config.to_dict(), indent=2))
         return
+    from .data import check_pooling, contexts_in_file
+
+    # cell lines, cell types or datasets are never pooled silently (replicates and batches are)
+    check_pooling(contexts_in_file(args.screen, subset=args.subset), pool=args.pool_contexts)
     bar = _ProgressBar(args.quiet)
     max_s = args.max_minutes * 60 if args.max_minutes else None
     with _backend(args) as backend:
@@ -168,8 +199,24 @@ def cmd_predict(args: argparse.Namespace) -> None:
               "using the mean perturbation embedding", file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_h5ad(pred.to_anndata(genes), out)
-    print(f"wrote {out}: {sum(len(v) for v in pred.cells.values())} cells of {len(pred.cells)} perturbation(s)")
+    adata = pred.to_anndata(genes)
+    space = "log1p CP10k over the run's genes"
+    record = RunDir(args.run).read_config().get("count_recovery")
+    if record and pred.counts and not args.our_space:
+        import numpy as np
+
+        from .data import to_file_space
+
+        # the run's counts were recovered from a normalised file: write the cells in that file's convention
+        counts = np.concatenate([pred.counts[k] for k in pred.cells])
+        adata.X, size_factors = to_file_space(counts, record, rng=args.seed)
+        adata.layers["counts"] = counts
+        adata.obs["lcd_size_factor"] = size_factors
+        space = f"the training file's own space, {record['formula']}"
+    adata.uns["lcd_prediction"]["space"] = space
+    _atomic_write_h5ad(adata, out)
+    print(f"wrote {out}: {sum(len(v) for v in pred.cells.values())} cells of {len(pred.cells)} perturbation(s), "
+          f"values in {space}")
 
 
 def _provenance(model, **extra) -> dict:
@@ -192,7 +239,7 @@ def cmd_clipr(args: argparse.Namespace) -> None:
 
         if not args.data:
             raise ConfigError("--source data needs --data: the screen the run was trained on")
-        extra["screen"] = read_screen(args.data, **_screen_kwargs(args))
+        extra["screen"] = read_screen(args.data, **_follow_run(_screen_kwargs(args), args.run))
     if args.backend == "ray":
         # the client needs only the genes and provenance (its own device may lack what --device names)
         model = LCD.load(args.run, device="cpu")
@@ -239,7 +286,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .model import LCD, evaluate_run, write_report
     from .model._evaluate import cell_eval_files
 
-    screen = read_screen(args.data, **_screen_kwargs(args))
+    screen = read_screen(args.data, **(_screen_kwargs(args) if args.folds else _follow_run(_screen_kwargs(args), args.run)))
     if args.folds:
         from .model import evaluate_folds
 
@@ -317,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a preset field, e.g. --set stage2.steps=2000 (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--pool-contexts", action="store_true",
+                   help="train on cells of several cell lines / cell types / datasets pooled (refused otherwise; "
+                        "see --subset)")
     _add_screen_keys(p)
     _add_backend(p)
     p.set_defaults(func=cmd_train)
@@ -331,7 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--with-control", action="store_true", help="also write predicted control cells")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, help="output .h5ad (log1p CP10k)")
+    p.add_argument("--our-space", action="store_true",
+                   help="for a run on counts recovered from a normalised file: write log1p CP10k over the run's "
+                        "genes instead of the file's own space")
+    p.add_argument("--out", required=True,
+                   help="output .h5ad: log1p CP10k over the run's genes, or, for a run on counts recovered from a "
+                        "normalised file, that file's own space (generated counts in layers['counts'])")
     _add_backend(p)
     p.set_defaults(func=cmd_predict)
 

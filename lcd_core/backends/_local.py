@@ -57,6 +57,7 @@ def merge_predictions(parts: list):
         out.cells.update(p.cells)
         out.latent.update(p.latent)
         out.unseen.update(p.unseen)
+        out.counts.update(p.counts)
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 import tempfile
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,8 @@ from ._conventions import (
     resolve_gene_names,
     to_convention,
 )
+from ._contexts import find_contexts, subset_mask
+from ._recovery import BACKED_SAMPLE_CELLS, CountRecovery, recover_counts
 from ._screen import Screen
 from ._validate import check_file, check_min_cells, check_targets, check_unique_genes, check_values, open_h5ad, value_stats
 
@@ -36,6 +39,8 @@ def read_screen(
     backed: bool = False,
     drop_small: bool = False,
     strict: bool = False,
+    count_recovery: bool = True,
+    subset: str | Mapping[str, str] | Sequence[str] | None = None,
 ) -> Screen:
     """Read and validate an ``.h5ad`` Perturb-seq screen.
 
@@ -57,8 +62,10 @@ def read_screen(
         / ``gene_name`` when var_names are Ensembl IDs).
     layer
         Where the raw counts are: a layer name or ``"X"``. Default: ``layers["counts"]`` if present,
-        else ``.X``. A named layer must hold integers. Without one, a non-integer ``.X`` is accepted as
-        log-normalised expression (``Screen.is_counts`` False, noted in ``Screen.problems``).
+        else ``.X``. A named layer must hold integers. Without one, a non-integer ``.X`` is read as
+        normalised expression: its counts are recovered when it is (log1p of) per-cell-scaled counts
+        (``count_recovery``), otherwise it stays normalised (``Screen.is_counts`` False, the reason in
+        ``Screen.problems``).
     min_cells
         Minimum cells per condition.
     backed
@@ -68,6 +75,15 @@ def read_screen(
     strict
         Raise when target genes are not among the measured genes. Default: a warning in ``problems``,
         because CRISPRa targets can be unmeasured.
+    count_recovery
+        Recover the integer counts of a normalised ``.X`` when exactly possible
+        (:func:`~lcd_core.data.recover_counts`): the screen then is a count screen
+        (``layers["counts"]``, ``obs[KEYS.SIZE_FACTOR]``, ``Screen.recovery`` says how). ``False``
+        keeps it normalised. In backed mode recovery is checked on a sample of cells and reported, not
+        applied.
+    subset
+        Keep only the cells of one context, ``"key=value"`` (or a ``{key: value}`` mapping, or several
+        ``key=value`` strings): e.g. ``"cell_type=K562"`` (:func:`~lcd_core.data.find_contexts`).
 
     Returns
     -------
@@ -89,6 +105,9 @@ def read_screen(
         adata,
         path=str(p),
         file_stat=(st.st_size, st.st_mtime_ns),
+        backed=backed,
+        count_recovery=count_recovery,
+        subset=subset,
         perturbation_key=perturbation_key,
         control_label=control_label,
         combo_sep=combo_sep,
@@ -111,6 +130,8 @@ def screen_from_anndata(
     min_cells: int = 1,
     drop_small: bool = False,
     strict: bool = False,
+    count_recovery: bool = True,
+    subset: str | Mapping[str, str] | Sequence[str] | None = None,
 ) -> Screen:
     """Validate an in-memory AnnData as a screen (same rules as :func:`read_screen`).
 
@@ -121,6 +142,9 @@ def screen_from_anndata(
         own,
         path=None,
         file_stat=None,
+        backed=False,
+        count_recovery=count_recovery,
+        subset=subset,
         perturbation_key=perturbation_key,
         control_label=control_label,
         combo_sep=combo_sep,
@@ -150,10 +174,18 @@ def _build(
     min_cells: int,
     drop_small: bool,
     strict: bool,
+    backed: bool,
+    count_recovery: bool,
+    subset: Any,
 ) -> Screen:
     problems: list[str] = []
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ScreenContentError(f"the screen has {adata.n_obs} cells and {adata.n_vars} genes; nothing to load")
+    chosen: dict[str, str] | None = None
+    if subset:
+        keep, chosen = subset_mask(adata.obs, subset)
+        if not keep.all():
+            adata = _keep_cells(adata, keep)
 
     # Genes: unique symbols as var_names
     names, used = resolve_gene_names(adata.var, adata.var_names, gene_key)
@@ -203,14 +235,9 @@ def _build(
     stats = check_values(m, where=label, claimed_counts=claimed, genes=adata.var_names, cells=adata.obs_names,
                          allow_negative=latent_values)
     counts_where: str | None = where
-    if not claimed and not stats.is_integer:
+    normalised = not claimed and not stats.is_integer
+    if normalised:
         counts_where = None
-        kind = "look log-normalised" if stats.looks_log_normalised else "are not integer counts"
-        problems.append(
-            f"values in .X {kind} (max {stats.vmax:.3g}) and there is no counts layer: read as normalised "
-            "expression, never as counts; the ZIP measurement model is unavailable: train in the "
-            "no-measurement-model mode (stage 2 on the normalised values)"
-        )
 
     # Conditions: drop or refuse those below min_cells
     n_cells = adata.obs[KEYS.PERT].value_counts()
@@ -223,7 +250,21 @@ def _build(
         stats = value_stats(m)
     adata.obs[KEYS.PERT] = adata.obs[KEYS.PERT].astype(str).astype("category")
 
+    # Normalised values: recover the counts when exactly possible, else say why not
+    recovery: CountRecovery | None = None
+    if normalised and not latent_values:
+        recovery, counts = _try_recovery(adata, stats, enabled=count_recovery, backed=backed)
+        if counts is not None:
+            adata.layers[KEYS.COUNTS] = counts
+            adata.obs[KEYS.SIZE_FACTOR] = recovery.size_factors
+            counts_where, stats = KEYS.COUNTS, value_stats(counts)
+        elif not recovery.recovered:
+            problems.append(_normalised_problem(stats, recovery.reason))
+    elif normalised:
+        problems.append(_normalised_problem(stats, "the file declares its values not to be counts"))
+
     problems += check_targets(list(adata.obs[KEYS.PERT].cat.categories), adata.var_names, strict=strict)
+    problems += [c.problem() for c in find_contexts(adata.obs)]
     return Screen(
         adata,
         path=path,
@@ -232,7 +273,37 @@ def _build(
         stats=stats,
         problems=problems,
         file_stat=file_stat,
+        recovery=recovery,
+        subset=chosen,
     )
+
+
+def _normalised_problem(stats: Any, why: str) -> str:
+    kind = "look log-normalised" if stats.looks_log_normalised else "are not integer counts"
+    return (
+        f"values in .X {kind} (max {stats.vmax:.3g}) and there is no counts layer; counts not recovered ({why}): "
+        "read as normalised expression, never as counts; the ZIP measurement model is unavailable: train "
+        "in the no-measurement-model mode (stage 2 on the normalised values)"
+    )
+
+
+def _try_recovery(adata: Any, stats: Any, *, enabled: bool, backed: bool) -> tuple[CountRecovery, Any]:
+    """(recovery, counts to store or None). Backed: checked on a sample of cells, reported, not applied."""
+    if not enabled:
+        return CountRecovery(False, reason="count recovery turned off (--no-count-recovery)"), None
+    if not backed:
+        return recover_counts(adata.X, adata.obs, vmax=stats.vmax)
+    n = adata.n_obs
+    if n <= BACKED_SAMPLE_CELLS:
+        rows = np.arange(n)
+    else:  # ten contiguous blocks spread over the file: cheap to read from disk, not one condition only
+        block = BACKED_SAMPLE_CELLS // 10
+        starts = np.linspace(0, n - block, 10).astype(int)
+        rows = np.unique(np.concatenate([np.arange(s, s + block) for s in starts]))
+    m = adata.X[rows] if len(rows) < n else adata.X[:]
+    rec, _ = recover_counts(m, adata.obs.iloc[rows], vmax=stats.vmax)
+    rec.size_factors = None
+    return rec, None
 
 
 def _declared_not_counts(uns: Any) -> bool:

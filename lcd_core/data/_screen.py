@@ -47,8 +47,14 @@ class Screen:
     convention
         ``"lcd"``, ``"gears"``, ``"scperturb"`` or ``"explicit"``.
     is_counts
-        True when raw non-negative integer counts were found (``.X`` or ``layers[KEYS.COUNTS]``).
-        False for log-normalised files, which are accepted but never treated as counts.
+        True when raw non-negative integer counts were found (``.X`` or ``layers[KEYS.COUNTS]``) or
+        recovered exactly from normalised values (then in ``layers[KEYS.COUNTS]``, see ``recovery``).
+        False for other normalised files, which are accepted but never treated as counts.
+    recovery
+        The :class:`~lcd_core.data.CountRecovery` tried on a normalised ``.X`` (how the counts were
+        recovered, or why not), or ``None`` when the file held counts.
+    subset
+        ``{obs column: value}`` of the context selected at reading (``subset=``), or ``None``.
     problems
         Non-fatal warnings found while reading (unmeasured targets, dropped conditions, ...).
 
@@ -70,6 +76,8 @@ class Screen:
         stats: ValueStats,
         problems: list[str],
         file_stat: tuple[int, int] | None = None,
+        recovery: Any = None,
+        subset: dict[str, str] | None = None,
     ) -> None:
         self.adata = adata
         self.path = path
@@ -80,12 +88,26 @@ class Screen:
         self.problems = list(problems)
         #: (size, mtime_ns) of the file when read: data_hash hashes the file lazily, if it is unchanged
         self._file_stat = file_stat
+        self.recovery = recovery
+        self.subset = dict(subset) if subset else None
 
     # ------------------------------------------------------------------ labels and conditions
 
     @property
     def is_counts(self) -> bool:
         return self._counts_where is not None
+
+    @property
+    def recovered(self) -> bool:
+        """The counts were recovered from normalised values (and are in ``layers[KEYS.COUNTS]``)."""
+        return self.recovery is not None and self.recovery.recovered and self._counts_where == KEYS.COUNTS
+
+    @property
+    def contexts(self) -> list:
+        """obs columns that split the cells into contexts (:func:`~lcd_core.data.find_contexts`)."""
+        from ._contexts import find_contexts
+
+        return find_contexts(self.adata.obs)
 
     @property
     def genes(self) -> list[str]:
@@ -215,6 +237,8 @@ class Screen:
             counts_where=self._counts_where,
             stats=value_stats(m),
             problems=self.problems,
+            recovery=self.recovery,
+            subset=self.subset,
         )
 
     # ------------------------------------------------------------------ provenance
@@ -291,7 +315,8 @@ class Screen:
             },
             "control_fraction": float(n[KEYS.CONTROL] / n_obs) if n_obs else 0.0,
             "values": {
-                "source": (".X" if self._counts_where == "X" else f"layers[{self._counts_where!r}]")
+                "source": "recovered from .X" if self.recovered
+                else (".X" if self._counts_where == "X" else f"layers[{self._counts_where!r}]")
                 if self.is_counts
                 else ".X",
                 "is_counts": self.is_counts,
@@ -306,6 +331,9 @@ class Screen:
             "truth_present": KEYS.TRUTH in self.adata.uns,
             "split_present": KEYS.SPLIT in self.adata.uns,
             "backed": bool(getattr(self.adata, "isbacked", False)),
+            "count_recovery": self.recovery.to_dict() if self.recovery is not None else None,
+            "subset": self.subset,
+            "contexts": [{"key": c.key, "kind": c.kind, "counts": c.counts} for c in self.contexts],
             "problems": list(self.problems),
         }
 
@@ -324,7 +352,14 @@ class Screen:
             lines.append(
                 f"cells/cond.: min {cpc['min']}, median {cpc['median']:g}, max {cpc['max']}; smallest: {smallest}"
             )
-        if v["is_counts"]:
+        rec = self.recovery
+        if self.recovered:
+            lines.append(f"counts:      {rec.describe()}")
+            lines.append(
+                f"             max {v['max']:g}, mean {v['mean_per_cell']:.1f} UMIs/cell, "
+                f"{100 * v['fraction_zero']:.1f} % zeros; trained with the count model"
+            )
+        elif v["is_counts"]:
             lines.append(
                 f"counts:      raw integer counts in {v['source']}; max {v['max']:g}, "
                 f"mean {v['mean_per_cell']:.1f} UMIs/cell, {100 * v['fraction_zero']:.1f} % zeros"
@@ -334,6 +369,14 @@ class Screen:
                 f"values:      NOT raw counts (non-integer, max {v['max']:.3g}; looks log-normalised), "
                 f"{100 * v['fraction_zero']:.1f} % zeros: use the no-measurement-model mode"
             )
+            if rec is not None and rec.recovered:  # backed read: checked on a sample, not applied
+                lines.append(f"counts:      {rec.describe(f'recoverable (checked on {rec.n_cells_checked:,} cells) from')}; "
+                             "read without --backed to use them")
+            elif rec is not None:
+                lines.append(f"counts:      {rec.describe()}")
+        if self.subset:
+            lines.append("subset:      " + ", ".join(f"{k}={val}" for k, val in self.subset.items())
+                         + f" ({s['n_cells']:,} cells)")
         lines.append(f"convention:  {s['convention']}")
         sim = f"yes ({s['simulated_note']})" if s["simulated"] else "no"
         lines.append(f"simulated:   {sim}; truth: {'yes' if s['truth_present'] else 'no'}; "

@@ -48,12 +48,16 @@ class Prediction:
         label → genes of that perturbation never perturbed in training (they use the mean embedding).
     params
         Sampler, budget and seed used.
+    counts
+        label → ``(n_cells, n_genes)`` float32 generated counts, for a run with a measurement model
+        (what :func:`lcd_core.data.to_file_space` turns into a file's own space); empty otherwise.
     """
 
     cells: dict[str, np.ndarray]
     latent: dict[str, np.ndarray]
     unseen: dict[str, list[str]] = field(default_factory=dict)
     params: dict = field(default_factory=dict)
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_anndata(self, genes: list[str]):
         """One AnnData: ``.X`` log1p CP10k, ``obs["perturbation"]`` our labels, ``obsm["latent"]``."""
@@ -195,10 +199,14 @@ class LCD:
         """Latent states → cells: counts through the ZIP model, then log1p CP10k (METHOD.md §3)."""
         if self.noise is None:
             return latent.astype(np.float32)
+        return np.asarray(normalize_log1p(self.decode_counts(latent, seed=seed)), dtype=np.float32)
+
+    @torch.inference_mode()
+    def decode_counts(self, latent: np.ndarray, *, seed: int = 0) -> np.ndarray:
+        """Latent states → ``(n, d)`` float32 counts through the ZIP model (runs with one)."""
         gen = torch.Generator(device=self.device).manual_seed(seed)
         s = torch.as_tensor(latent, dtype=torch.float32, device=self.device)
-        counts = self.noise.sample_counts(s, generator=gen).cpu().numpy()
-        return np.asarray(normalize_log1p(counts), dtype=np.float32)
+        return self.noise.sample_counts(s, generator=gen).cpu().numpy()
 
     def predict(self, perturbations: list[str], n_cells: int = 500, *, sampler: str | None = None,
                 n_evals: int | None = None, seed: int = 0) -> Prediction:
@@ -217,20 +225,24 @@ class LCD:
         """
         if not perturbations:
             raise ConfigError("no perturbation given")
-        cells, latent, unseen = {}, {}, {}
+        cells, latent, unseen, counts = {}, {}, {}, {}
         for label in perturbations:
             label = parse_label(label)
             _, new = self.multihot(label)
             x = self.sample_standardised(label, n_cells, sampler=sampler, n_evals=n_evals, seed=seed)
             s = self.mu + self.sd * x
             latent[label] = s.astype(np.float32)
-            cells[label] = self.decode(s, seed=_label_seed(seed + 1, label))
+            if self.noise is not None:  # keep the counts: the file's own space needs them (lcd predict)
+                counts[label] = self.decode_counts(s, seed=_label_seed(seed + 1, label))
+                cells[label] = np.asarray(normalize_log1p(counts[label]), dtype=np.float32)
+            else:
+                cells[label] = self.decode(s, seed=_label_seed(seed + 1, label))
             if new:
                 unseen[label] = new
         params = {"sampler": sampler or self.info.get("sampler", "fast"),
                   "n_evals": n_evals if n_evals is not None else self.info.get("sampler_evals"),
                   "seed": seed, "n_cells": n_cells, "run": self.info.get("run")}
-        return Prediction(cells=cells, latent=latent, unseen=unseen, params=params)
+        return Prediction(cells=cells, latent=latent, unseen=unseen, params=params, counts=counts)
 
     # -- the drift, for CLIPR ----------------------------------------------------------------------
     def condition_multihot(self, labels: list[str]) -> torch.Tensor:

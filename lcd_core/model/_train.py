@@ -19,7 +19,7 @@ import torch
 
 from .._constants import KEYS
 from .._device import resolve_device
-from ..data import Screen
+from ..data import Screen, file_space_record
 from ..data._conventions import targets_of
 from ..errors import ConfigError, RunError
 from ..module import ZIPNoise, unit_scale_from_counts
@@ -122,6 +122,9 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
         "train_conditions": train_conds, "heldout": split["heldout"], "split_source": split["source"],
         "left_out_small": small, "mode": mode, "device": str(dev), "seed": config.seed,
         "config": config.to_dict(),
+        # how the counts were recovered from a normalised file, and what `lcd predict` needs to write
+        # its cells back in that file's space; the context selected with --subset
+        "count_recovery": file_space_record(screen, train_conds), "subset": screen.subset,
     }
     _check_resume(run, cfg_json)
     run.path.mkdir(parents=True, exist_ok=True)
