@@ -159,15 +159,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     config = apply_overrides(get_preset(args.preset, seed=args.seed), args.set)
     heldout = [c for c in args.holdout_combos.split(",") if c.strip()] if args.holdout_combos else None
+    from .data import check_pooling, contexts_in_file
+
+    # cell lines, cell types or datasets are never pooled silently (replicates and batches are)
+    check_pooling(contexts_in_file(args.screen, subset=args.subset), pool=args.pool_contexts)
     if args.dry_run:
         import json
 
         print(json.dumps(config.to_dict(), indent=2))
         return
-    from .data import check_pooling, contexts_in_file
-
-    # cell lines, cell types or datasets are never pooled silently (replicates and batches are)
-    check_pooling(contexts_in_file(args.screen, subset=args.subset), pool=args.pool_contexts)
     bar = _ProgressBar(args.quiet)
     max_s = args.max_minutes * 60 if args.max_minutes else None
     with _backend(args) as backend:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -56,3 +57,25 @@ def tiny_config(seed: int = 0):
     cfg.min_cells = 10
     cfg.checkpoint_seconds = 1.0
     return cfg
+
+
+#: the real screens (../shared/data beside the checkout; LCD_SHARED_DATA overrides)
+SHARED_DATA = Path(os.environ.get("LCD_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def shared_file(name: str) -> Path:
+    """A real screen of ../shared/data, or skip the test (a clone of the project alone lacks them)."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{name} not found in {SHARED_DATA} (the real screens of ../shared/data; set LCD_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def norman_h5ad() -> Path:
+    return shared_file("norman2019_k562_subset.h5ad")
+
+
+@pytest.fixture(scope="session")
+def papalexi_h5ad() -> Path:
+    return shared_file("papalexi2021_thp1_subset.h5ad")

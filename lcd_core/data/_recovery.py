@@ -227,6 +227,11 @@ def _snap(t: float, tol: float) -> tuple[float, bool]:
     return float(f"{t:.6g}"), tol > _SNAP_EXACT
 
 
+def _probe(nnz: int, size: int = 200_000) -> np.ndarray:
+    """Indices of up to ``size`` values spread over all of them (a cheap first test of a target)."""
+    return np.arange(nnz) if nnz <= size else np.linspace(0, nnz - 1, size).astype(np.int64)
+
+
 def _integer(v: np.ndarray, sf_per_entry: np.ndarray, rtol: float) -> np.ndarray:
     r = v * sf_per_entry
     return np.abs(r - np.rint(r)) <= ATOL + rtol * r
@@ -251,44 +256,57 @@ def _recover_one(v: np.ndarray, indptr: np.ndarray, n: int, *, totals: np.ndarra
     vmin = np.full(n, np.nan)
     vmin[nonempty] = np.minimum.reduceat(v, indptr[:-1][nonempty])
 
-    # 1. the obs totals column, with the target estimated from the data (a count of 1 in most cells)
+    # 1. the obs totals column: total × value = target × count, so the per-cell products total × smallest
+    #    value are integer multiples of the target; their median (an actual cell's) is target × k
     target_est = None
     if totals is not None:
-        target_est = float(np.median((totals * vmin)[nonempty]))
-        c = np.rint(v * (totals / target_est)[rows])
-        ok = c >= 1
-        if ok.any():
-            target_est = float(np.median(totals[rows][ok] * v[ok] / c[ok]))
-        target, _ = _snap(target_est, _SNAP_EXACT)
-        sf = totals / target
-        frac = float(_integer(v, sf[rows], rtol).mean())
-        if frac >= MIN_FRACTION_INTEGER:
-            return CountRecovery(True, method="obs_totals", scale_source=f"obs[{totals_key!r}]",
-                                 totals_key=totals_key, target_sum=target, fraction_integer=frac, n_nonzero=nnz,
-                                 n_cells_checked=n), sf
+        t_med = float(np.quantile((totals * vmin)[nonempty], 0.5, method="lower"))
+        probe = _probe(nnz)
+        for d in range(1, MAX_DIVISOR + 1):
+            target = t_med / d
+            c = np.rint(v[probe] * totals[rows[probe]] / target)
+            pos = c >= 1
+            if pos.any():  # refine on every probed value, then prefer a round target
+                target = float(np.median(totals[rows[probe]][pos] * v[probe][pos] / c[pos]))
+            target, _ = _snap(target, _SNAP_EXACT)
+            if _integer(v[probe], (totals / target)[rows[probe]], rtol).mean() >= MIN_FRACTION_INTEGER:
+                sf = totals / target
+                frac = float(_integer(v, sf[rows], rtol).mean())
+                if frac >= MIN_FRACTION_INTEGER:
+                    return CountRecovery(True, method="obs_totals", scale_source=f"obs[{totals_key!r}]",
+                                         totals_key=totals_key, target_sum=target, fraction_integer=frac,
+                                         n_nonzero=nnz, n_cells_checked=n), sf
+                break
+        target_est = t_med  # the totals are close but not exact (e.g. counted over other genes)
 
-    # 2. each cell's smallest non-zero value is k counts (k = 1 in most cells; a hint from the totals)
+    # 2. each cell's smallest non-zero value is k counts: the smallest k that makes the cell's values
+    #    integers (k = 1 in most cells; the "gcd" of its values)
     k = np.ones(n)
-    if target_est is not None:
-        k = np.clip(np.rint(vmin * totals / target_est), 1, MAX_DIVISOR)
-        k[~nonempty] = 1
-    sf = np.where(nonempty, k / np.where(nonempty, vmin, 1.0), 1.0)
+    sf = np.where(nonempty, 1.0 / np.where(nonempty, vmin, 1.0), 1.0)
     ok = _integer(v, sf[rows], rtol)
     n_ok = np.bincount(rows, weights=ok, minlength=n)
     bad = np.flatnonzero(n_ok < nnz_row)
     if len(bad):
-        # the rows with a non-integer value: try every divisor, keep the one with most integer values
+        # the rows with a non-integer value: try every divisor, keep the first with most integer values
         sel = np.concatenate([np.arange(indptr[i], indptr[i + 1]) for i in bad])
         local_rows = np.repeat(np.arange(len(bad)), nnz_row[bad])
         best_k, best_ok = k[bad].copy(), n_ok[bad].copy()
-        for d in range(1, MAX_DIVISOR + 1):
+        for d in range(2, MAX_DIVISOR + 1):
             ok_d = _integer(v[sel], (d / vmin[bad])[local_rows], rtol)
             cnt = np.bincount(local_rows, weights=ok_d, minlength=len(bad))
             better = cnt > best_ok
             best_k[better], best_ok[better] = d, cnt[better]
         k[bad] = best_k
         sf[bad] = best_k / vmin[bad]
-        ok = _integer(v, sf[rows], rtol)
+    if target_est is not None:
+        # a multiple of the smallest k is as integer (a cell with one value, or all even): near-fitting
+        # totals say which one, when they say it clearly
+        ratio = vmin * totals / target_est
+        hint = np.rint(ratio)
+        clear = nonempty & (np.abs(ratio - hint) < 0.1) & (hint > k) & (hint <= MAX_DIVISOR) & (hint % k == 0)
+        k[clear] = hint[clear]
+        sf[clear] = hint[clear] / vmin[clear]
+    ok = _integer(v, sf[rows], rtol)
     frac = float(ok.mean())
     rec = CountRecovery(frac >= MIN_FRACTION_INTEGER, method="smallest_nonzero",
                         scale_source="each cell's smallest non-zero value", totals_key=totals_key,
