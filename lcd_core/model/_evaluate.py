@@ -18,6 +18,7 @@ from ..baselines import make_baselines
 from ..data import Screen
 from ..errors import ConfigError
 from ..metrics import evaluate_condition, summarize
+from ._anchor import fit_anchors
 from ._lcd import LCD
 
 #: the metric the issue's headline target is stated in (MMD on the condition's top-20 DE genes)
@@ -83,11 +84,16 @@ def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = N
     perturbed_means = [train_cells[c].mean(0) for c in train_conds if c != KEYS.CONTROL]
     train_perturbed_mean = np.mean(perturbed_means, axis=0) if perturbed_means else control.mean(0)
     baselines = {name: b.fit(train_cells, KEYS.CONTROL, var_names=screen.genes) for name, b in make_baselines().items()}
+    if model.noise is not None and model.anchors is None:  # a run from before anchors: fitted here, not saved
+        model.anchors = fit_anchors(model, train_cells, seed=seed)
 
     rows = []
     for i, cond in enumerate(conditions):
         obs = screen.log1p(cond)
         preds = {"lcd": model.predict([cond], n_cells, sampler=sampler, n_evals=n_evals, seed=seed).cells[cond]}
+        if model.anchors is not None:
+            preds["lcd_anchored"] = model.predict([cond], n_cells, sampler=sampler, n_evals=n_evals, seed=seed,
+                                                  anchored=True).cells[cond]
         preds |= {name: b.predict(cond, n_cells, seed=seed) for name, b in baselines.items()}
         if keep_predictions is not None:
             for method, pred in preds.items():

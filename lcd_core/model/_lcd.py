@@ -25,6 +25,7 @@ from ..errors import ConfigError, RunError
 from ..module import ScoreNet, ZIPNoise
 from ..pp import normalize_log1p
 from ..sampling import SAMPLERS, sample
+from ._anchor import Anchors
 from ._run import MODEL_META, WEIGHTS, RunDir, atomic_write_json
 
 #: format of model.json / model.safetensors; bump on any change of meaning
@@ -101,6 +102,9 @@ class LCD:
         (stage 2 directly on normalised values).
     info
         Provenance (data hash, split, config, seed), saved with the model.
+    anchors
+        [ours] Per-gene rate factors fitted on the measured training conditions (:mod:`._anchor`), or
+        ``None``; used by ``predict(..., anchored=True)``.
 
     Examples
     --------
@@ -114,7 +118,7 @@ class LCD:
     """
 
     def __init__(self, *, genes, pert_genes, conditions, net: ScoreNet, mu, sd, noise: ZIPNoise | None,
-                 info: dict | None = None):
+                 info: dict | None = None, anchors: Anchors | None = None):
         self.genes = list(genes)
         self.pert_genes = list(pert_genes)
         self.conditions = list(conditions)
@@ -123,6 +127,7 @@ class LCD:
         self.sd = np.asarray(sd, dtype=np.float64)
         self.noise = noise.eval() if noise is not None else None
         self.info = dict(info or {})
+        self.anchors = anchors
         self._pert_index = {g: i for i, g in enumerate(self.pert_genes)}
         self._gene_index = {g: i for i, g in enumerate(self.genes)}
 
@@ -202,14 +207,16 @@ class LCD:
         return np.asarray(normalize_log1p(self.decode_counts(latent, seed=seed)), dtype=np.float32)
 
     @torch.inference_mode()
-    def decode_counts(self, latent: np.ndarray, *, seed: int = 0) -> np.ndarray:
-        """Latent states → ``(n, d)`` float32 counts through the ZIP model (runs with one)."""
+    def decode_counts(self, latent: np.ndarray, *, seed: int = 0, log_rate_scale: np.ndarray | None = None) -> np.ndarray:
+        """Latent states → ``(n, d)`` float32 counts through the ZIP model (runs with one); ``log_rate_scale``
+        ``(d,)`` multiplies each gene's Poisson rate by its exponential (anchored prediction)."""
         gen = torch.Generator(device=self.device).manual_seed(seed)
         s = torch.as_tensor(latent, dtype=torch.float32, device=self.device)
-        return self.noise.sample_counts(s, generator=gen).cpu().numpy()
+        scale = None if log_rate_scale is None else torch.exp(torch.as_tensor(log_rate_scale, device=self.device))
+        return self.noise.sample_counts(s, generator=gen, rate_scale=scale).cpu().numpy()
 
     def predict(self, perturbations: list[str], n_cells: int = 500, *, sampler: str | None = None,
-                n_evals: int | None = None, seed: int = 0) -> Prediction:
+                n_evals: int | None = None, seed: int = 0, anchored: bool = False) -> Prediction:
         """Generate cells for each perturbation (``ctrl``, singles, unseen combinations).
 
         Parameters
@@ -222,9 +229,15 @@ class LCD:
             Sampler name (:data:`lcd_core.sampling.SAMPLERS`) and budget; default: the run's.
         seed
             Cells of a label depend only on (seed, label).
+        anchored
+            [ours] Decode with the run's anchors (:mod:`lcd_core.model._anchor`): each single's mean is the
+            measured one, the distribution and the combination's departure from its singles stay LCD's.
         """
         if not perturbations:
             raise ConfigError("no perturbation given")
+        if anchored and self.anchors is None:
+            raise ConfigError("this run has no anchors (anchored prediction needs a count model and the "
+                              "measured training cells): `lcd evaluate RUN --data SCREEN` fits them")
         cells, latent, unseen, counts = {}, {}, {}, {}
         for label in perturbations:
             label = parse_label(label)
@@ -233,7 +246,8 @@ class LCD:
             s = self.mu + self.sd * x
             latent[label] = s.astype(np.float32)
             if self.noise is not None:  # keep the counts: the file's own space needs them (lcd predict)
-                counts[label] = self.decode_counts(s, seed=_label_seed(seed + 1, label))
+                scale = self.anchors.for_label(label) if anchored else None
+                counts[label] = self.decode_counts(s, seed=_label_seed(seed + 1, label), log_rate_scale=scale)
                 cells[label] = np.asarray(normalize_log1p(counts[label]), dtype=np.float32)
             else:
                 cells[label] = self.decode(s, seed=_label_seed(seed + 1, label))
@@ -241,7 +255,7 @@ class LCD:
                 unseen[label] = new
         params = {"sampler": sampler or self.info.get("sampler", "fast"),
                   "n_evals": n_evals if n_evals is not None else self.info.get("sampler_evals"),
-                  "seed": seed, "n_cells": n_cells, "run": self.info.get("run")}
+                  "seed": seed, "n_cells": n_cells, "run": self.info.get("run"), "anchored": bool(anchored)}
         return Prediction(cells=cells, latent=latent, unseen=unseen, params=params, counts=counts)
 
     # -- the drift, for CLIPR ----------------------------------------------------------------------
@@ -310,7 +324,8 @@ class LCD:
         info = dict(meta.get("info", {}), run=str(run.path))
         return cls(genes=meta["genes"], pert_genes=meta["pert_genes"], conditions=meta["conditions"],
                    net=net.to(dev), mu=tensors["mu"].numpy(), sd=tensors["sd"].numpy(),
-                   noise=noise.to(dev) if noise is not None else None, info=info)
+                   noise=noise.to(dev) if noise is not None else None, info=info,
+                   anchors=Anchors.load(run.path) if meta["has_noise"] else None)
 
 
 def _label_seed(seed: int, label: str) -> int:

@@ -251,7 +251,8 @@ class ZIPNoise(nn.Module):
         return torch.where(y > 0, log_pos, log_zero).sum(-1)
 
     @torch.no_grad()
-    def sample_counts(self, s: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_counts(self, s: torch.Tensor, generator: torch.Generator | None = None,
+                      rate_scale: torch.Tensor | None = None) -> torch.Tensor:
         """Draw counts y | s: Poisson(rate) then Bernoulli(π) zeroing.
 
         Parameters
@@ -260,12 +261,15 @@ class ZIPNoise(nn.Module):
             ``(..., d)`` latent states.
         generator
             Source of randomness (on ``s``'s device).
+        rate_scale
+            ``(d,)`` factors multiplying the rate (anchored prediction, :mod:`lcd_core.model._anchor`).
 
         Returns
         -------
         ``(..., d)`` counts, float dtype of ``s``.
         """
-        counts = torch.poisson(self.rate(s), generator=generator)
+        rate = self.rate(s) if rate_scale is None else self.rate(s) * rate_scale
+        counts = torch.poisson(rate, generator=generator)
         keep = torch.rand(s.shape, generator=generator, dtype=s.dtype, device=s.device) >= self.dropout
         return counts * keep
 
