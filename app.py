@@ -104,6 +104,24 @@ def trainings_in_progress() -> None:
         st.rerun(scope="app")
 
 
+def fit_sentence(run: str) -> None:
+    """How well the run reproduces its training conditions (its fit.json), in words; nothing for a run
+    that has no fit report (older runs: ``lcd fit RUN --data SCREEN`` writes one)."""
+    from lcd_core.model import read_fit
+
+    fit = read_fit(run)
+    if fit is None:
+        return
+    s = fit["summary"]
+    text = f"**Fit check:** this model {s.get('sentence', '')}."
+    if s.get("median_r") is not None:
+        text += (f" Median over conditions: top-{fit.get('top', 20)} shift correlation {s['median_r']:.2f} "
+                 f"(replicate ceiling {s['median_r_ceiling']:.2f}), magnitude {s['median_magnitude']:.2f} of observed.")
+    (st.success if not s.get("outside") else st.info)(text)
+    with st.expander("How the fit check works"):
+        st.markdown(fit.get("rule", ""))
+
+
 def main() -> None:
     screen, _ = ui.page_setup("Home", run_in_sidebar=False)
     st.title("LCD Explorer")
@@ -154,6 +172,7 @@ def main() -> None:
     if screen is not None and not ui.same_genes(model, screen):
         st.warning("This run models other genes than the selected screen: predictions work, comparisons with "
                    "observed cells and the benchmark need the screen the run was trained on.")
+    fit_sentence(run)
     c1, c2, c3 = st.columns(3)
     c1.page_link("pages/1_Perturb.py", label="Perturb: what happens if…?", icon=":material/science:")
     c2.page_link("pages/2_Causal_graph.py", label="Causal graph", icon=":material/hub:")

@@ -145,8 +145,10 @@ class _ProgressBar:
         eta = (time.monotonic() - self.t0) / done * max(total - step, 0)
         width = 24
         fill = int(width * step / max(total, 1))
+        loss = f"loss {record['loss']:.4g} " if "loss" in record else ""
+        val = f"val {record['val_loss']:.4g} " if "val_loss" in record else ""
         sys.stderr.write(f"\r{stage} [{'#' * fill}{'.' * (width - fill)}] {step}/{total} "
-                         f"loss {record.get('loss', float('nan')):.4g}  ETA {int(eta // 60)}:{int(eta % 60):02d} ")
+                         f"{loss}{val} ETA {int(eta // 60)}:{int(eta % 60):02d} ")
         sys.stderr.flush()
 
     def close(self) -> None:
@@ -180,6 +182,42 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = RunDir(run).read_config()
     print(f"trained {run}: {len(cfg['train_conditions'])} training conditions, {len(cfg['genes'])} genes, "
           f"held out {len(cfg['heldout'])} (backend {args.backend})")
+    _print_fit(run)
+
+
+def _print_fit(run) -> None:
+    from .model import read_fit
+
+    fit = read_fit(run)
+    if fit is None:
+        print(f"fit: no fit report in {run} (compute it with 'lcd fit {run} --data SCREEN')")
+        return
+    s = fit["summary"]
+    medians = ""
+    if s.get("median_r") is not None:
+        medians = (f" (median top-{fit.get('top', 20)} shift r {s['median_r']:.2f} vs ceiling "
+                   f"{s['median_r_ceiling']:.2f}, magnitude ratio {s['median_magnitude']:.2f})")
+    print(f"fit: {s['sentence']}{medians}")
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    from .data import read_screen
+    from .model import FIT_FILE, LCD, RunDir, fit_report
+    from .model._run import atomic_write_json
+
+    cfg = RunDir(args.run).require_complete()
+    screen = read_screen(args.data, **_screen_kwargs(args))
+    model = LCD.load(args.run, device=args.device)
+    validation = (cfg.get("validation") or {}).get("cells")
+    bar = _ProgressBar(args.quiet)
+    try:
+        fit = fit_report(model, screen, validation=validation, n_cells=args.cells, seed=args.seed,
+                         progress=lambda i, n, c: bar("fit", i, n, {}))
+    finally:
+        bar.close()
+    atomic_write_json(Path(args.run) / FIT_FILE, fit)
+    print(f"wrote {Path(args.run) / FIT_FILE}")
+    _print_fit(args.run)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -287,25 +325,28 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .model._evaluate import cell_eval_files
 
     screen = read_screen(args.data, **(_screen_kwargs(args) if args.folds else _follow_run(_screen_kwargs(args), args.run)))
+    half: list = []  # the calibration protocol's scores (replicate-calibrated columns of the report)
     if args.folds:
         from .model import evaluate_folds
 
         with _backend(args) as backend:  # trains the folds (in parallel on Ray), then scores them here
             per_condition = evaluate_folds(args.run, screen, n_cells=args.cells, seed=args.seed, device=args.device,
-                                           backend=backend, read_kwargs=_screen_kwargs(args))
+                                           backend=backend, read_kwargs=_screen_kwargs(args), half_protocol=half)
         prov = {"run": args.run, "protocol": "k-fold", "version": __version__, "data_hash": screen.data_hash}
     else:
         if args.backend != "local":
             raise ConfigError("--backend ray applies to 'lcd evaluate --folds'; a single run is scored locally")
         model = LCD.load(args.run, device=args.device)
         kept: dict = {}
-        per_condition = evaluate_run(model, screen, n_cells=args.cells, seed=args.seed, keep_predictions=kept)
+        per_condition = evaluate_run(model, screen, n_cells=args.cells, seed=args.seed, keep_predictions=kept,
+                                     half_protocol=half)
         prov = _provenance(model, cells_per_condition=args.cells, sampler=model.info.get("sampler"))
-    out = write_report(per_condition, args.out, provenance=prov)
+    out = write_report(per_condition, args.out, provenance=prov, half_rows=half)
     if not args.folds:
         cell_eval_files(model, screen, kept["lcd"], out, seed=args.seed)
     print((out / "summary.md").read_text())
     print(f"wrote {out}/ (per_condition.csv, summary.md, summary.csv, plots"
+          + ("; calibrated_per_condition.csv, summary_calibrated.csv, calibrated.json" if half else "")
           + ("" if args.folds else "; predicted.h5ad + observed.h5ad for cell-eval") + ")")
 
 
@@ -370,6 +411,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_screen_keys(p)
     _add_backend(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("fit", help="recompute a run's fit report (fit.json): its training conditions against "
+                                   "the replicate ceiling")
+    p.add_argument("run", help="run directory written by 'lcd train'")
+    p.add_argument("--data", required=True, help="the screen the run was trained on")
+    p.add_argument("--cells", type=int, default=300, help="cells generated per training condition")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_screen_keys(p)
+    p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("predict", help="generate cells for perturbations (unseen combinations included)")
     p.add_argument("run", help="run directory written by 'lcd train'")

@@ -12,6 +12,31 @@ from lcd_core.pl import metric_bars
 PLOTTED = ["mmd", "energy", "wasserstein", "rmse", "pearson_delta", "pearson_systema", "de_auroc"]
 
 
+def _evaluate(model, screen, n_cells: int):
+    """The per-condition table and the calibration protocol's rows (one background job)."""
+    from lcd_core.model import evaluate_run
+
+    half: list = []
+    per = evaluate_run(model, screen, n_cells=n_cells, seed=0, half_protocol=half)
+    return per, half
+
+
+def with_calibrated(summ, half: list):
+    """The summary with one replicate-calibrated column per baseline beside the raw mean (NaN where
+    undefined: too few cells to split, or a replicate that scores like the baseline)."""
+    from lcd_core.model._evaluate import calibrated_tables
+
+    if not half:
+        return summ
+    _, cal = calibrated_tables(half)
+    wide = cal.pivot_table(index=["metric", "method"], columns="baseline", values="score", dropna=False)
+    wide.columns = [f"calibrated_vs_{b}" for b in wide.columns]
+    out = summ.merge(wide.reset_index(), on=["metric", "method"], how="left")
+    cols = list(summ.columns)
+    at = cols.index("sem") + 1
+    return out[cols[:at] + list(wide.columns) + cols[at:]]
+
+
 def main() -> None:
     screen, run = ui.page_setup("Benchmark", "📊")
     st.title("Benchmark")
@@ -26,15 +51,14 @@ def main() -> None:
                 "and by the baselines (control: no change; pooled perturbed cells; additive: control + sum of "
                 "single-gene shifts; linear), then compared with the observed cells.")
     n_cells = st.select_slider("Cells per condition and method", [100, 200, 300, 500], value=200, key="bm_cells")
-    from lcd_core.model import evaluate_run
-
-    key = ("evaluate", ui.run_key(run), screen.data_hash, int(n_cells))
-    per = ui.run_job(key, lambda: evaluate_run(model, screen, n_cells=int(n_cells), seed=0), label="benchmark",
-                     what=f"Evaluating {len(held)} held-out conditions", wait=3.0, store="resources")
-    if per is None:
+    key = ("evaluate+calibrated", ui.run_key(run), screen.data_hash, int(n_cells))
+    result = ui.run_job(key, lambda: _evaluate(model, screen, int(n_cells)), label="benchmark",
+                        what=f"Evaluating {len(held)} held-out conditions", wait=3.0, store="resources")
+    if result is None:
         return
+    per, half = result
     try:
-        summ = summarize(per, "lcd")
+        summ = with_calibrated(summarize(per, "lcd"), half)
     except LCDError as e:
         ui.show_error(e, "Summary")
         return
@@ -44,7 +68,9 @@ def main() -> None:
     st.subheader("Summary (all genes; `_top20`: the condition's top-20 DE genes)")
     shown = summ[summ["metric"].isin(PLOTTED + [f"{m}_top20" for m in PLOTTED])]
     st.dataframe(shown, hide_index=True, key="bm_summary")
-    st.caption("win_rate: % of held-out conditions where LCD beats that method (one-sided Wilcoxon p-value).")
+    st.caption("win_rate: % of held-out conditions where LCD beats that method (one-sided Wilcoxon p-value). "
+               "calibrated_vs_additive / calibrated_vs_pooled: (u − b) / (r − b), 0 = as good as that baseline, "
+               "1 = as good as repeating the experiment (half the observed cells predicting the other half).")
     st.subheader("Per condition")
     st.dataframe(per, hide_index=True, key="bm_per_condition")
     prov = ui.provenance(screen, run, n_cells=int(n_cells), heldout=held)

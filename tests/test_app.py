@@ -122,6 +122,31 @@ def test_home_opens_on_demo_with_model(app_env):
     assert any("simulated" in i.value for i in at.info)
 
 
+def _fit_text(at: AppTest) -> list[str]:
+    return [m.value for m in [*at.success, *at.info] if "Fit check" in m.value]
+
+
+def test_home_says_how_well_the_run_reproduces_its_training_conditions(app_env):
+    from lcd_core.model import read_fit
+
+    fit = read_fit(app_env["run"])
+    at = open_page()
+    assert_clean(at)
+    text = _fit_text(at)
+    assert len(text) == 1 and fit["summary"]["sentence"] in text[0]
+    assert f"reproduces {fit['summary']['n_within']} of {fit['summary']['n_judged']}" in text[0]
+    # an older run without fit.json: no sentence, no error
+    path = Path(app_env["run"]) / "fit.json"
+    saved = path.read_bytes()
+    path.unlink()
+    try:
+        at = open_page()
+        assert_clean(at)
+        assert not _fit_text(at) and any("Model ready" in s.value for s in at.success)
+    finally:
+        path.write_bytes(saved)
+
+
 def test_every_page_renders_without_errors(app_env):
     for page in PAGES:
         at = open_page(page)
@@ -252,6 +277,14 @@ def test_benchmark_table(app_env):
     assert set(per["condition"]) == set(app_env["doubles"][:2])
     assert {"lcd", "control", "pooled", "additive", "linear"} <= set(per["method"])
     assert len(at.get("plotly_chart")) == 1
+    # replicate-calibrated scores beside the raw means: each baseline scores 0 against itself
+    summ = find_df(at, "calibrated_vs_additive")
+    assert {"mean", "calibrated_vs_additive", "calibrated_vs_pooled"} <= set(summ.columns)
+    rows = summ.set_index(["metric", "method"])
+    assert rows.loc[("rmse_top20", "additive"), "calibrated_vs_additive"] == 0.0
+    assert rows.loc[("rmse_top20", "pooled"), "calibrated_vs_pooled"] == 0.0
+    assert np.isfinite(rows.loc[("rmse_top20", "lcd"), "calibrated_vs_additive"])
+    assert any("as good as repeating the experiment" in c.value for c in at.caption)
 
 
 def test_train_page_starts_follows_and_lists_run(app_env):

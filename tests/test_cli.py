@@ -28,7 +28,7 @@ def run(*args, check=True, timeout=300):
     return proc
 
 
-@pytest.mark.parametrize("cmd", ["simulate", "inspect", "train", "predict", "clipr", "modules", "evaluate"])
+@pytest.mark.parametrize("cmd", ["simulate", "inspect", "train", "fit", "predict", "clipr", "modules", "evaluate"])
 def test_every_command_has_help(cmd):
     out = run(cmd, "--help").stdout
     assert "usage: lcd " + cmd in out
@@ -73,7 +73,11 @@ def test_bad_overrides_are_refused(tiny_h5ad, tmp_path):
 
 
 def test_train_then_predict(tiny_h5ad, tmp_path):
-    run("train", tiny_h5ad, "--out", tmp_path / "run", "--holdout-combos", "G00+G01", *TINY)
+    trained = run("train", tiny_h5ad, "--out", tmp_path / "run", "--holdout-combos", "G00+G01", *TINY)
+    # the fit summary comes last, in the words of fit.json
+    fit = json.loads((tmp_path / "run" / "fit.json").read_text())
+    last = trained.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"fit: {fit['summary']['sentence']}")
     run("predict", tmp_path / "run", "--perturb", "G01+G00", "--perturb", "G02", "--cells", 25,
         "--out", tmp_path / "pred.h5ad")
     pred = ad.read_h5ad(tmp_path / "pred.h5ad")
@@ -130,6 +134,25 @@ def test_interrupted_training_resumes_from_its_checkpoint(tiny_h5ad, tmp_path, s
     assert not stage1, "stage 1 was trained again instead of resumed"
     assert stage2 and stage2[0]["step"] > step_before
     assert (out / "COMPLETE").exists()
+
+
+def test_fit_recomputes_fit_json_and_evaluate_writes_calibrated_scores(tiny_h5ad, tmp_path):
+    out = tmp_path / "run"
+    run("train", tiny_h5ad, "--out", out, "--holdout-combos", "G00+G01", *TINY)
+    before = json.loads((out / "fit.json").read_text())
+    (out / "fit.json").unlink()
+    fitted = run("fit", out, "--data", tiny_h5ad, "--quiet")
+    after = json.loads((out / "fit.json").read_text())
+    assert after["conditions"].keys() == before["conditions"].keys()
+    assert after["conditions"]["G02"]["r"] == pytest.approx(before["conditions"]["G02"]["r"])
+    assert fitted.stdout.strip().splitlines()[-1].startswith("fit: reproduces ")
+    bad = run("fit", out, "--data", tmp_path / "missing.h5ad", check=False)
+    assert_one_line_error(bad, "missing.h5ad")
+    run("evaluate", out, "--data", tiny_h5ad, "--cells", 60, "--out", tmp_path / "report")
+    cal = json.loads((tmp_path / "report" / "calibrated.json").read_text())["summary"]
+    own = [r for r in cal if r["method"] == "additive" and r["baseline"] == "additive" and r["metric"] == "rmse"]
+    assert own and own[0]["score"] == 0.0
+    assert "Replicate-calibrated" in (tmp_path / "report" / "summary.md").read_text()
 
 
 def test_inspect_demo_matches_the_file():

@@ -6,6 +6,8 @@ the CLI, Ray workers and the app can call them without AnnData.
 
 from __future__ import annotations
 
+from ._calibrated import (REPLICATE, calibrate, calibrated_score, calibrated_summary, condition_rng, split_half,
+                          split_half_protocol)
 from ._de import de_recovery, top_de_genes
 from ._distribution import energy_distance, mmd, rbf_length_scales, wasserstein
 from ._evaluate import METRIC_LOWER_IS_BETTER, evaluate_condition, lower_is_better, summarize
@@ -27,4 +29,11 @@ __all__ = [
     "summarize",
     "lower_is_better",
     "METRIC_LOWER_IS_BETTER",
+    "REPLICATE",
+    "split_half",
+    "condition_rng",
+    "split_half_protocol",
+    "calibrated_score",
+    "calibrate",
+    "calibrated_summary",
 ]

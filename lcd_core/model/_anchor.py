@@ -94,7 +94,7 @@ class Anchors:
         return anchors if anchors.settings.get("version") == ANCHORS_VERSION else None
 
 
-def fit_anchors(model, observed: dict[str, np.ndarray], *, n_cells: int = 2000, iters: int = 6,
+def fit_anchors(model, observed: dict[str, np.ndarray], *, n_cells: int = 1000, iters: int = 5,
                 seed: int = 0) -> Anchors:
     """Fit the rate factors of every condition in ``observed`` against its measured cells.
 

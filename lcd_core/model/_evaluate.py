@@ -17,7 +17,7 @@ from .._constants import KEYS
 from ..baselines import make_baselines
 from ..data import Screen
 from ..errors import ConfigError
-from ..metrics import evaluate_condition, summarize
+from ..metrics import calibrate, calibrated_summary, evaluate_condition, split_half_protocol, summarize
 from ._anchor import fit_anchors
 from ._lcd import LCD
 
@@ -42,7 +42,7 @@ def check_screen_matches(model: LCD, screen: Screen) -> None:
 def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = None, n_cells: int = 500,
                  seed: int = 0, sampler: str | None = None, n_evals: int | None = None,
                  progress: Callable[[int, int, str], None] | None = None,
-                 keep_predictions: dict | None = None) -> pd.DataFrame:
+                 keep_predictions: dict | None = None, half_protocol: list | None = None) -> pd.DataFrame:
     """Predict every held-out condition with LCD and each baseline; score each with every metric.
 
     Parameters
@@ -63,6 +63,10 @@ def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = N
         ``progress(i, n, condition)`` after each condition.
     keep_predictions
         If a dict is given, it receives ``method → {condition: (n_cells, d) cells}``.
+    half_protocol
+        If a list is given, it receives the rows of the calibration protocol
+        (:func:`lcd_core.metrics.split_half_protocol`: every method and the split-half replicate scored
+        against one half of the observed cells), the input of :func:`calibrated_tables`.
 
     Returns
     -------
@@ -101,9 +105,49 @@ def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = N
         for method, pred in preds.items():
             scores = evaluate_condition(pred, obs, control, train_perturbed_mean=train_perturbed_mean, seed=seed)
             rows.append({"method": method, "condition": cond, "n_obs": len(obs), **scores})
+        if half_protocol is not None:
+            half_protocol += split_half_protocol(preds, obs, control, train_perturbed_mean=train_perturbed_mean,
+                                                 condition=cond, seed=seed)
         if progress is not None:
             progress(i + 1, len(conditions), cond)
     return pd.DataFrame(rows)
+
+
+def calibrated_tables(half_rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(per-condition, summary)`` replicate-calibrated scores from :func:`evaluate_run`'s ``half_protocol``
+    rows (:func:`lcd_core.metrics.calibrate`, :func:`lcd_core.metrics.calibrated_summary`)."""
+    if not half_rows:
+        raise ConfigError("no held-out condition has the 4 observed cells a split-half replicate needs")
+    half = pd.DataFrame(half_rows)
+    return calibrate(half), calibrated_summary(half)
+
+
+#: raw metrics shown in the calibrated table of the report (the rest are in summary_calibrated.csv)
+CALIBRATED_SHOWN = ["mmd_top20", "energy_top20", "wasserstein_top20", "rmse_top20", "pearson_delta_top20",
+                    "pearson_delta", "pearson_systema", "rmse", "de_auroc"]
+
+
+def calibrated_markdown(cal_summary: pd.DataFrame, metrics: list[str] | None = None) -> str:
+    """Markdown table of calibrated scores: one row per metric, one column per method, each cell
+    ``vs additive / vs pooled``."""
+    metrics = [m for m in (metrics or CALIBRATED_SHOWN) if m in set(cal_summary["metric"])]
+    baselines = list(dict.fromkeys(cal_summary["baseline"]))
+    methods = list(dict.fromkeys(cal_summary["method"]))
+    lines = [f"Replicate-calibrated scores s = (u − b) / (r − b), b = the {' / '.join(baselines)} baseline, "
+             "r = a split-half replicate of the observed cells: 0 = as good as the baseline, 1 = as good as "
+             "repeating the experiment (means over conditions; every method sub-sampled to the replicate's "
+             "size and scored against the same half of the observed cells).", "",
+             "| metric | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for metric in metrics:
+        sub = cal_summary[cal_summary["metric"] == metric]
+        cells = []
+        for m in methods:
+            vals = [sub[(sub["method"] == m) & (sub["baseline"] == b)]["score"] for b in baselines]
+            # + 0.0 after rounding: a baseline against itself prints 0.00, not -0.00
+            cells.append(" / ".join(f"{round(v.iloc[0], 2) + 0.0:.2f}" if len(v) and np.isfinite(v.iloc[0]) else "n/a"
+                                    for v in vals))
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def summary_markdown(per_condition: pd.DataFrame, *, reference: str = "lcd") -> str:
@@ -137,15 +181,26 @@ def summary_markdown(per_condition: pd.DataFrame, *, reference: str = "lcd") -> 
     return "\n".join(lines) + "\n"
 
 
-def write_report(per_condition: pd.DataFrame, out: str | Path, *, provenance: dict) -> Path:
+def write_report(per_condition: pd.DataFrame, out: str | Path, *, provenance: dict,
+                 half_rows: list[dict] | None = None) -> Path:
     """Write ``per_condition.csv``, ``summary.md``, ``summary.csv``, ``provenance.json`` and plots
-    (``mmd_top20.png``, ``metrics.html``) into ``out``."""
+    (``mmd_top20.png``, ``metrics.html``) into ``out``; with ``half_rows`` (:func:`evaluate_run`'s
+    ``half_protocol``) also the calibrated scores: ``calibrated_per_condition.csv``,
+    ``summary_calibrated.csv``, ``calibrated.json`` and a section of ``summary.md``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     per_condition.to_csv(out / "per_condition.csv", index=False)
     summarize(per_condition, "lcd").to_csv(out / "summary.csv", index=False)
     head = "\n".join(f"- {k}: {v}" for k, v in provenance.items())
-    (out / "summary.md").write_text(f"# Held-out evaluation\n\n{head}\n\n" + summary_markdown(per_condition))
+    text = f"# Held-out evaluation\n\n{head}\n\n" + summary_markdown(per_condition)
+    if half_rows:
+        cal_per, cal_summ = calibrated_tables(half_rows)
+        cal_per.to_csv(out / "calibrated_per_condition.csv", index=False)
+        cal_summ.to_csv(out / "summary_calibrated.csv", index=False)
+        records = cal_summ.astype(object).where(cal_summ.notna(), None).to_dict(orient="records")
+        (out / "calibrated.json").write_text(json.dumps({"summary": records}, indent=2, default=str))
+        text += "\n## Replicate-calibrated\n\n" + calibrated_markdown(cal_summ)
+    (out / "summary.md").write_text(text)
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
     _plots(per_condition, out)
     return out
@@ -177,7 +232,7 @@ def _plots(df: pd.DataFrame, out: Path) -> None:
 
 def evaluate_folds(run: str | Path, screen: Screen, *, n_cells: int = 500, seed: int = 0, device: str = "auto",
                    folds: list[int] | None = None, progress=None, backend=None,
-                   read_kwargs: dict | None = None) -> pd.DataFrame:
+                   read_kwargs: dict | None = None, half_protocol: list | None = None) -> pd.DataFrame:
     """The paper's k-fold protocol end to end (METHOD.md §9): for each fold, train a model with the
     run's configuration on everything but that fold (and the tuning doubles) into ``<run>/folds/<f>``
     (resumed if interrupted), then evaluate on the fold's doubles.
@@ -208,7 +263,8 @@ def evaluate_folds(run: str | Path, screen: Screen, *, n_cells: int = 500, seed:
         else:
             model = train(screen, fold_dir, config=config, device=device, fold=f, progress=progress)
         # scored on the fold's test doubles only; the tuning doubles are held out but not scored
-        table = evaluate_run(model, screen, n_cells=n_cells, seed=seed, conditions=list(protocol["folds"][f]))
+        table = evaluate_run(model, screen, n_cells=n_cells, seed=seed, conditions=list(protocol["folds"][f]),
+                             half_protocol=half_protocol)
         tables.append(table.assign(fold=f))
     return pd.concat(tables, ignore_index=True)
 

@@ -23,6 +23,7 @@ class TrainConfig:
     stage2: Stage2Config = field(default_factory=Stage2Config)  # score-matching stage
     n_latent_samples: int = 10_000  # stage-1 latent samples per condition handed to stage 2 (METHOD.md §2)
     min_cells: int = 20  # conditions with fewer cells are left out of training (reported)
+    val_fraction: float = 0.1  # share of each training condition's cells held out for validation (min 3); 0: none
     checkpoint_seconds: float = 30.0  # wall time between checkpoints
     sampler: str = "fast"  # default sampler of predictions made with this run
     sampler_evals: int | None = None  # its budget; None = the sampler's default

@@ -8,9 +8,11 @@ continues from the last checkpoint.
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,12 +27,53 @@ from ..errors import ConfigError, RunError
 from ..module import ZIPNoise, unit_scale_from_counts
 from ..pp import explicit_split, fold_split, split_combinations
 from ..train import fit_stage1, fit_stage2, standardize
+from ._anchor import fit_anchors
 from ._lcd import LCD
 from ._presets import TrainConfig
 from ._run import RunDir
 
-#: ``progress(stage, step, total, record)``: stage is "stage1" or "stage2"; record holds loss etc.
+#: ``progress(stage, step, total, record)``: stage is "stage1", "stage2" or "fit"; record holds loss etc.
 Progress = Callable[[str, int, int, dict], None]
+
+#: a condition with validation cells keeps at least this many of them (fewer give no usable estimate)
+MIN_VALIDATION_CELLS = 3
+#: stage-2 validation samples over all conditions: the loss is evaluated every log interval, so its
+#: cost is bounded to a few training steps' worth whatever the screen's size
+MAX_STAGE2_VALIDATION = 4096
+
+
+def validation_split(n_cells: dict[str, int], fraction: float, seed: int) -> dict[str, list[int]]:
+    """Which cells of each training condition are held out for validation (indices within the condition).
+
+    Each condition holds out ``max(3, round(fraction · n))`` cells, at most half of them (none when
+    ``fraction`` is 0), drawn by a generator seeded with ``(seed, crc32(condition))``: the same cells for
+    the same seed, whatever else the screen holds.
+
+    Returns
+    -------
+    condition → sorted cell indices (positions among the condition's cells in the screen's order).
+    """
+    if fraction <= 0:
+        return {c: [] for c in n_cells}
+    out = {}
+    for c, n in n_cells.items():
+        k = min(max(MIN_VALIDATION_CELLS, int(round(fraction * n))), n // 2)
+        rng = np.random.default_rng([seed, zlib.crc32(c.encode())])
+        out[c] = sorted(int(i) for i in rng.permutation(n)[:k])
+    return out
+
+
+def _split_rows(x: np.ndarray, held: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(training rows, validation rows)`` of one condition's cells."""
+    mask = np.zeros(len(x), dtype=bool)
+    mask[held] = True
+    return x[~mask], x[mask]
+
+
+def _stage2_validation(val: list[np.ndarray]) -> list[np.ndarray]:
+    """At most :data:`MAX_STAGE2_VALIDATION` samples, spread evenly over conditions (first rows of each)."""
+    per = max(1, MAX_STAGE2_VALIDATION // max(len(val), 1))
+    return [v[:per] for v in val]
 
 
 def resolve_split(screen: Screen, *, heldout: list[str] | None = None, fold: int | None = None,
@@ -113,6 +156,10 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
     extra_targets = sorted({g for c in screen.conditions for g in targets_of(c)} - set(genes))
     pert_genes = genes + extra_targets
     mode = "counts" if screen.is_counts else "normalised"
+    if not 0.0 <= config.val_fraction < 0.5:
+        raise ConfigError(f"val_fraction must lie in [0, 0.5), got {config.val_fraction}")
+    held_cells = _resumed_validation(run, train_conds) or validation_split(
+        {c: int(n_cells[c]) for c in train_conds}, config.val_fraction, config.seed)
 
     cfg_json = {
         "status": "training",
@@ -125,6 +172,7 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
         # how the counts were recovered from a normalised file, and what `lcd predict` needs to write
         # its cells back in that file's space; the context selected with --subset
         "count_recovery": file_space_record(screen, train_conds), "subset": screen.subset,
+        "validation": {"fraction": config.val_fraction, "seed": config.seed, "cells": held_cells},
     }
     _check_resume(run, cfg_json)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -139,36 +187,67 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
 
     torch.manual_seed(config.seed)
     noise: ZIPNoise | None = None
+    validating = any(held_cells[c] for c in train_conds)
     if mode == "counts":
-        counts = [screen.counts(c) for c in train_conds]
+        parts = [_split_rows(screen.counts(c), held_cells[c]) for c in train_conds]
+        counts = [tr for tr, _ in parts]
+        s1_kwargs = {}
+        if validating and "val_counts" in inspect.signature(stage1_fit).parameters:
+            s1_kwargs["val_counts"] = [va for _, va in parts]
+        del parts
         unit_scale = unit_scale_from_counts(counts[0])
         res1 = _run_sliced(
             "stage1", run, config.checkpoint_seconds, max_seconds_per_stage,
             lambda state, secs: stage1_fit(counts, unit_scale, config.stage1, device=dev, state=state, max_seconds=secs,
-                                           progress=lambda s, t, r: report("stage1", s, t, r)),
+                                           progress=lambda s, t, r: report("stage1", s, t, r), **s1_kwargs),
             get_state=lambda r: r.state_dict(), is_done=lambda r: r.done,
         )
+        if hasattr(res1, "use_best"):  # the sharded Ray result keeps no validation state
+            res1.use_best()
         noise = res1.noise
+        if getattr(res1, "best", None) is not None:
+            run.log({"event": "best", "stage": "stage1", "step": int(res1.best["step"]),
+                     "val_loss": float(res1.best["val_loss"])})
         latents = res1.sample_latents(config.n_latent_samples, seed=config.seed)
+        # stage 2's held-out signal in this mode: fresh draws of the same generators (another seed), i.e.
+        # whether the score net learned each condition's distribution or memorised its finite sample
+        val_latents = (res1.sample_latents(max(1, MAX_STAGE2_VALIDATION // len(train_conds)), seed=config.seed + 1)
+                       if validating else None)
         del counts, res1
     else:
-        # no measurement model (PRODUCT.md "Data in"): stage 2 directly on the normalised values
-        latents = [screen.log1p(c).astype(np.float32) for c in train_conds]
+        # no measurement model (PRODUCT.md "Data in"): stage 2 directly on the normalised values; its
+        # held-out signal is the validation cells themselves
+        parts = [_split_rows(screen.log1p(c).astype(np.float32), held_cells[c]) for c in train_conds]
+        latents = [tr for tr, _ in parts]
+        val_latents = [va for _, va in parts] if validating else None
+        del parts
     x, mu, sd = standardize(latents, control_index=0)
     del latents
+    val_x = None
+    if val_latents is not None:
+        val_x = _stage2_validation([((v - mu) / sd).astype(np.float32) for v in val_latents])
     pert = np.stack([_multihot(c, pert_genes) for c in train_conds])
     res2 = _run_sliced(
         "stage2", run, config.checkpoint_seconds, max_seconds_per_stage,
         lambda state, secs: fit_stage2(x, pert, config.stage2, device=str(dev), state=state, max_seconds=secs,
-                                       progress=lambda r: report("stage2", int(r["step"]), config.stage2.steps, r)),
+                                       progress=lambda r: report("stage2", int(r["step"]), config.stage2.steps, r),
+                                       val_x=val_x),
         get_state=lambda r: r.state, is_done=lambda r: r.finished,
     )
+    res2.use_best()
+    if res2.best_step is not None:
+        run.log({"event": "best", "stage": "stage2", "step": res2.best_step, "val_loss": res2.best_val_loss})
     info = {"data_hash": screen.data_hash, "run": str(run.path), "seed": config.seed, "preset": config.preset,
             "mode": mode, "sampler": config.sampler, "sampler_evals": config.sampler_evals,
             "train_conditions": train_conds, "heldout": split["heldout"]}
     model = LCD(genes=genes, pert_genes=pert_genes, conditions=train_conds, net=res2.net, mu=mu, sd=sd,
                 noise=noise, info=info)
     model.save(run)
+    if noise is not None:  # [ours] anchored prediction's factors, fitted on the measured control and singles
+        singles = [c for c in train_conds if len(targets_of(c)) <= 1]
+        model.anchors = fit_anchors(model, {c: screen.log1p(c) for c in singles}, seed=config.seed)
+        model.anchors.save(run.path)
+    _write_fit(model, screen, run, train_conds, held_cells, config.seed, report)
     run.write_config(dict(cfg_json, status="complete"))
     run.mark_complete()
     # a finished run is never resumed, and its checkpoints dwarf it (the standard preset's stage-1 state is
@@ -176,6 +255,36 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
     shutil.rmtree(run.checkpoints, ignore_errors=True)
     run.log({"event": "complete"})
     return model
+
+
+def _resumed_validation(run: RunDir, train_conds: list[str]) -> dict[str, list[int]] | None:
+    """The validation cells an interrupted training of this run directory used (None: a new training)."""
+    if not (run / "config.json").exists():
+        return None
+    try:
+        cells = run.read_config().get("validation", {}).get("cells")
+    except RunError:
+        return None
+    if not isinstance(cells, dict) or set(cells) != set(train_conds):
+        return None  # another training: _check_resume refuses it with the reason
+    return {c: [int(i) for i in cells[c]] for c in train_conds}
+
+
+def _write_fit(model: LCD, screen: Screen, run: RunDir, train_conds: list[str], held_cells: dict[str, list[int]],
+               seed: int, report: Progress) -> None:
+    """``fit.json``: how well the finished model reproduces its training conditions (:func:`fit_report`)."""
+    from ._fit import FIT_FILE, fit_report
+
+    try:
+        fit = fit_report(model, screen, conditions=train_conds, validation=held_cells, seed=seed,
+                         progress=lambda i, n, c: report("fit", i, n, {}))
+    except Exception as e:  # noqa: BLE001 -- hours of training must not be lost to the report
+        run.log({"event": "fit_failed", "error": f"{type(e).__name__}: {e}"})
+        return
+    from ._run import atomic_write_json
+
+    atomic_write_json(run / FIT_FILE, fit)
+    run.log({"event": "fit", "summary": fit["summary"]["sentence"]})
 
 
 def _multihot(label: str, pert_genes: list[str]) -> np.ndarray:
@@ -195,7 +304,7 @@ def _check_resume(run: RunDir, cfg: dict) -> None:
     old = run.read_config()
     if run.is_complete():
         raise RunError(f"{run.path} already holds a finished run; choose another --out or delete it")
-    for key in ("data_hash", "genes", "train_conditions", "mode", "config"):
+    for key in ("data_hash", "genes", "train_conditions", "mode", "config", "validation"):
         if old.get(key) != _jsonable(cfg[key]):
             raise RunError(f"{run.path} holds an interrupted training with a different {key.replace('_', ' ')}; "
                            "resume it with the same screen and options, or choose another --out")

@@ -77,7 +77,8 @@ class Stage1Result:
     generators
         Fitted :class:`StackedGenerators`, one per condition in input order.
     history
-        One dict per logged step: ``step``, ``lr``, ``loss``, ``nll_T*``, ``seconds``.
+        One dict per logged step: ``step``, ``lr``, ``loss``, ``nll_T*``, ``seconds`` and, with validation
+        cells, ``val_loss`` (nats per held-out cell, :func:`validation_nll`).
     config
         The config it ran with.
     step
@@ -86,6 +87,9 @@ class Stage1Result:
         The optimiser, for resuming.
     rng
         The torch generator drawing batches and latents, for resuming.
+    best
+        With validation cells: ``{"step", "val_loss", "model"}``, the weights with the lowest validation
+        loss so far; once all steps ran, ``noise`` and ``generators`` hold these weights. ``None`` without.
     """
 
     noise: ZIPNoise
@@ -95,10 +99,16 @@ class Stage1Result:
     step: int
     optimizer: torch.optim.Optimizer
     rng: torch.Generator
+    best: dict[str, Any] | None = None
 
     @property
     def done(self) -> bool:
         return self.step >= self.config.steps
+
+    def use_best(self) -> None:
+        """Load the best validation weights (a stage cut short by time ends on them too); no-op without."""
+        if self.best is not None:
+            nn.ModuleDict({"noise": self.noise, "generators": self.generators}).load_state_dict(self.best["model"])
 
     def state_dict(self) -> dict[str, Any]:
         """Plain containers (tensors, ints, floats, lists, dicts) to resume from; pass back as ``state``."""
@@ -110,7 +120,7 @@ class Stage1Result:
             "rng": self.rng.get_state(),
             "history": [dict(h) for h in self.history],
             "config": asdict(self.config),
-        }
+        } | ({"best": self.best} if self.best is not None else {})
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], *, device: str | torch.device = "cpu") -> Stage1Result:
@@ -125,7 +135,8 @@ class Stage1Result:
         rng = torch.Generator(device=device)
         rng.set_state(state["rng"])
         generators.eval()
-        return cls(noise, generators, [dict(h) for h in state["history"]], config, int(state["step"]), optimizer, rng)
+        return cls(noise, generators, [dict(h) for h in state["history"]], config, int(state["step"]), optimizer, rng,
+                   state.get("best"))
 
     @torch.inference_mode()
     def sample_latents(self, n_per_condition: int, seed: int = 0, chunk: int = 2000) -> list[np.ndarray]:
@@ -184,6 +195,44 @@ def _warm_start_moments(
     return np.stack([m for m, _ in moments]), shrink * np.stack([c for _, c in moments])
 
 
+#: latent draws × cells per block of the validation estimate (bounds its (K', B, M) log-likelihood matrix)
+_VAL_BLOCK = 1 << 22
+
+
+@torch.no_grad()
+def validation_nll(noise: ZIPNoise, generators: StackedGenerators, val: list[torch.Tensor], n_samples: int,
+                   seed: int) -> float:
+    """Held-out cells' negative log marginal likelihood under their condition's generator.
+
+    ``−log p(y) ≈ −[logsumexp_m log p(y | s_m) − log M]`` with ``M = n_samples`` draws ``s_m`` of the
+    cell's own condition: the T = 1 term of the training objective, on cells it never saw. The draws
+    come from a generator seeded with ``seed`` at every call, so two evaluations of the same weights
+    agree exactly and two checkpoints are compared on the same draws.
+
+    Parameters
+    ----------
+    val
+        One ``(n_k, d)`` count tensor per condition (``n_k`` may be 0), on the generators' device.
+
+    Returns
+    -------
+    Mean over all held-out cells, nats per cell; NaN when there are none.
+    """
+    device = generators.out.weight.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    total, n = 0.0, 0
+    for k, y in enumerate(val):
+        if len(y) == 0:
+            continue
+        s = generators.sample(n_samples, gen, torch.tensor([k], device=device))[0]  # (M, d)
+        step = max(1, _VAL_BLOCK // n_samples)
+        for start in range(0, len(y), step):
+            ll = noise.log_likelihood_matrix(y[start : start + step], s)  # (B, M)
+            total += float(-(torch.logsumexp(ll, dim=-1) - np.log(n_samples)).sum())
+        n += len(y)
+    return total / n if n else float("nan")
+
+
 def fit_stage1(
     counts: list[np.ndarray],
     unit_scale: np.ndarray,
@@ -193,6 +242,7 @@ def fit_stage1(
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     state: dict[str, Any] | None = None,
     max_seconds: float | None = None,
+    val_counts: list[np.ndarray] | None = None,
 ) -> Stage1Result:
     """Fit the per-condition generators and the dropout logits jointly (METHOD.md §2, stage 1).
 
@@ -212,6 +262,10 @@ def fit_stage1(
         A :meth:`Stage1Result.state_dict` to resume from (same data and config).
     max_seconds
         Stop after this much wall time; the result can be resumed through its ``state_dict()``.
+    val_counts
+        Held-out cells, one ``(n_k, d)`` count array per condition (same order; ``n_k`` may be 0). Every
+        ``log_every`` steps their :func:`validation_nll` is logged as ``val_loss``, and the weights with
+        the lowest one are kept (:attr:`Stage1Result.best`) and returned once all steps ran.
 
     Returns
     -------
@@ -223,6 +277,8 @@ def fit_stage1(
     if any(y.ndim != 2 or y.shape[1] != d or len(y) == 0 for y in counts) or np.shape(unit_scale) != (d,):
         raise ConfigError("Every condition needs a non-empty (n_q, d) count array with one unit scale per gene.")
     K, device = len(counts), torch.device(device)
+    if val_counts is not None and (len(val_counts) != K or any(np.ndim(v) != 2 or np.shape(v)[1] != d for v in val_counts)):
+        raise ConfigError("val_counts needs one (n_k, d) count array per condition, over the same genes.")
     rng = torch.Generator(device=device).manual_seed(config.seed)  # batches and latent draws
 
     # All cells in one tensor; condition k owns rows offsets[k] : offsets[k] + n_cells[k].
@@ -235,16 +291,20 @@ def fit_stage1(
         dropout = estimate_dropout(counts, unit_scale)
     noise, generators, optimizer = _build(K, unit_scale, config, device, 0.05 if dropout is None else dropout)
     model = nn.ModuleDict({"noise": noise, "generators": generators})
-    step, history = 0, []
+    step, history, best = 0, [], None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, history = int(state["step"]), [dict(h) for h in state["history"]]
         rng.set_state(state["rng"])
+        best = state.get("best")
     elif config.init == "moments":
         generators.init_from_moments(
             *_warm_start_moments(counts, unit_scale, dropout, config.init_cov_shrink)
         )
+    val = None
+    if val_counts is not None and sum(len(v) for v in val_counts):
+        val = [torch.as_tensor(np.asarray(v), dtype=torch.float32, device=device) for v in val_counts]
 
     t0 = time.perf_counter()
     model.train()
@@ -274,13 +334,23 @@ def fit_stage1(
         if step % config.log_every == 0 or step == config.steps:
             record = {"step": step, "lr": lr, "loss": out.loss.item(), "grad_norm": grad_norm.item()}
             record |= out.components | {"seconds": time.perf_counter() - t0}
+            if val is not None:
+                model.eval()
+                # its own seed: the validation draws never touch the training RNG (resumes stay exact)
+                record["val_loss"] = validation_nll(noise, generators, val, config.n_samples, config.seed + 1)
+                model.train()
+                if np.isfinite(record["val_loss"]) and (best is None or record["val_loss"] < best["val_loss"]):
+                    best = {"step": step, "val_loss": record["val_loss"],
+                            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
             history.append(record)
             if progress is not None:
                 progress(step, config.steps, record)
         if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
             break
     model.eval()
-    return Stage1Result(noise, generators, history, config, step, optimizer, rng)
+    if best is not None and step >= config.steps:
+        model.load_state_dict(best["model"])
+    return Stage1Result(noise, generators, history, config, step, optimizer, rng, best)
 
 
 def standardize(

@@ -11,7 +11,7 @@ import torch
 
 from ._schedule import warmup_cosine
 from ..errors import ConfigError
-from ..module._score import ScoreNet
+from ..module._score import ScoreNet, dsm_loss
 
 
 @dataclass
@@ -56,18 +56,54 @@ class Stage2Result:
     net
         The trained :class:`~lcd_core.module.ScoreNet` in ``eval()`` mode.
     history
-        One dict per logged step: ``step``, ``loss`` (mean DSM loss since the last entry), ``lr``, ``seconds``.
+        One dict per logged step: ``step``, ``loss`` (mean DSM loss since the last entry), ``lr``, ``seconds``
+        and, with validation samples, ``val_loss`` (:func:`validation_dsm`).
     state
         Resumable state (plain containers of tensors/ints/floats; ``torch.save``-able and loadable with
         ``weights_only=True``). Pass it back as ``state=`` to continue.
     finished
         Whether all ``config.steps`` ran (``False`` when stopped by ``max_seconds``).
+    best_step, best_val_loss
+        With validation samples: the logged step with the lowest validation loss and that loss; once
+        finished, ``net`` holds that step's weights (``state`` keeps the last ones, and them under ``best``).
     """
 
     net: ScoreNet
     history: list[dict] = field(default_factory=list)
     state: dict = field(default_factory=dict)
     finished: bool = True
+    best_step: int | None = None
+    best_val_loss: float | None = None
+
+    def use_best(self) -> None:
+        """Load the best validation weights into ``net`` (a stage cut short by time ends on them too)."""
+        if "best" in self.state:
+            self.net.load_state_dict(self.state["best"]["net"])
+
+
+@torch.no_grad()
+def validation_dsm(net: ScoreNet, val: torch.Tensor, val_cond: torch.Tensor, perts: torch.Tensor, *, seed: int,
+                   batch_size: int) -> float:
+    """Mean denoising loss of held-out samples (the training objective on data the net never saw).
+
+    The levels and the noise come from a generator seeded with ``seed`` at every call: two checkpoints
+    are compared on identical noisy inputs, so the difference is the weights', not the draw's.
+
+    Parameters
+    ----------
+    val
+        ``(n, d)`` held-out standardised samples.
+    val_cond
+        ``(n,)`` their condition indices (rows of ``perts``).
+    perts
+        ``(n_cond, P)`` multi-hot of every condition.
+    """
+    gen = torch.Generator(device=val.device).manual_seed(seed)
+    total = 0.0
+    for start in range(0, len(val), batch_size):
+        sl = slice(start, start + batch_size)
+        total += float(dsm_loss(net, val[sl], perts, gen, index=val_cond[sl]).sum())
+    return total / max(len(val), 1)
 
 
 def get_lr(step: int, config: Stage2Config) -> float:
@@ -84,6 +120,7 @@ def fit_stage2(
     progress: Callable[[dict], None] | None = None,
     state: dict | None = None,
     max_seconds: float | None = None,
+    val_x: list[np.ndarray] | None = None,
 ) -> Stage2Result:
     """Fit the noise-conditional score network by denoising score matching.
 
@@ -105,6 +142,10 @@ def fit_stage2(
         A previous result's ``state`` to resume from (same data and config).
     max_seconds
         Stop after this much wall time (the state stays resumable).
+    val_x
+        Held-out samples, one ``(n_k, d)`` array per condition (``n_k`` may be 0), standardised like
+        ``x``. Every ``log_every`` steps their :func:`validation_dsm` is logged as ``val_loss``; the
+        weights with the lowest one are kept and returned once finished.
 
     Returns
     -------
@@ -120,7 +161,15 @@ def fit_stage2(
     sizes = torch.tensor([len(xi) for xi in x], device=device)
     offsets = torch.cumsum(sizes, 0) - sizes
     perts = torch.as_tensor(pert_np, device=device)
-    del x, pert
+    val = val_cond = None
+    if val_x is not None:
+        if len(val_x) != len(x) or any(np.ndim(v) != 2 or np.shape(v)[1] != d for v in val_x):
+            raise ConfigError(f"`val_x` needs one (n_k, {d}) array per condition ({len(x)}).")
+        if sum(len(v) for v in val_x):
+            val = torch.as_tensor(np.concatenate([np.asarray(v, dtype=np.float32) for v in val_x]), device=device)
+            val_cond = torch.repeat_interleave(torch.arange(len(val_x), device=device),
+                                               torch.tensor([len(v) for v in val_x], device=device))
+    del x, pert, val_x
 
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
         torch.manual_seed(config.seed)
@@ -132,12 +181,13 @@ def fit_stage2(
     net.trained_mask.copy_(perts.sum(0) > 0)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator(device=device).manual_seed(config.seed)
-    step, history = 0, []
+    step, history, best = 0, [], None
     if state is not None:  # resume
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["rng"])
         step, history = int(state["step"]), list(state["history"])
+        best = state.get("best")
 
     def draw_batch() -> tuple[torch.Tensor, torch.Tensor]:
         n = config.batch_size
@@ -171,6 +221,15 @@ def fit_stage2(
         # log
         if step % config.log_every == 0 or step == config.steps:
             entry = {"step": step, "loss": running / n_running, "lr": lr, "seconds": time.monotonic() - t0}
+            if val is not None:
+                net.eval()
+                # its own seed: validation never draws from the training generator (resumes stay exact)
+                entry["val_loss"] = validation_dsm(net, val, val_cond, perts, seed=config.seed + 1,
+                                                   batch_size=config.batch_size)
+                net.train()
+                if np.isfinite(entry["val_loss"]) and (best is None or entry["val_loss"] < best["val_loss"]):
+                    best = {"step": step, "val_loss": entry["val_loss"],
+                            "net": {k: v.detach().clone() for k, v in net.state_dict().items()}}
             history.append(entry)
             running, n_running = 0.0, 0
             if progress is not None:
@@ -184,5 +243,10 @@ def fit_stage2(
         "step": step,
         "history": history,
         "config": asdict(config),
-    }
-    return Stage2Result(net=net, history=history, state=state, finished=step >= config.steps)
+    } | ({"best": best} if best is not None else {})
+    finished = step >= config.steps
+    if finished and best is not None:
+        net.load_state_dict(best["net"])
+    return Stage2Result(net=net, history=history, state=state, finished=finished,
+                        best_step=None if best is None else int(best["step"]),
+                        best_val_loss=None if best is None else float(best["val_loss"]))
