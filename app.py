@@ -25,6 +25,13 @@ ABOUT = (
 )
 
 
+REAL_SCREEN_NOTE = (
+    "Real data: 3,375 K562 cells × 500 highly variable genes of Norman et al. 2019 (Science 365:786, GEO "
+    "GSE133344; CRISPRa), control + 18 singles + 15 doubles, as subset by the PerturBench benchmark (Altos Labs, "
+    "BSD-3-Clause, assets/LICENSE-norman2019_k562_subset.txt). The file holds log-normalised values; LCD recovers "
+    "the integer counts from them. The shipped model holds out the 5 doubles whose two singles were measured.")
+
+
 def reading_options() -> dict:
     """How to read a file whose conventions are not detected (the fix the error messages name)."""
     with st.expander("Reading options (when the perturbation column is not detected)"):
@@ -36,13 +43,20 @@ def reading_options() -> dict:
 
 def screen_chooser() -> None:
     cfg = ui.settings()
-    options = ["demo", "upload", "path"]
-    labels = {"demo": "Embedded demo (simulated)", "upload": "Upload an .h5ad", "path": "A file on this machine"}
+    options = ["demo", "real", "upload", "path"]
+    labels = {"demo": "Embedded demo (simulated)", "real": "Real: Norman 2019 K562 CRISPRa subset",
+              "upload": "Upload an .h5ad", "path": "A file on this machine"}
     src = st.session_state.get("screen_source", "demo")
     choice = st.radio("Screen", options, index=options.index(src) if src in options else 0,
                       format_func=labels.get, horizontal=True)
-    options = reading_options() if choice != "demo" else {}
-    if choice == "demo":
+    options = reading_options() if choice not in ("demo", "real") else {}
+    if choice == "real":
+        if not cfg.real_screen.exists():
+            st.error(f"The shipped real screen is missing ({cfg.real_screen}); reinstall, or upload a screen.")
+            return
+        st.caption(REAL_SCREEN_NOTE)
+        _use_screen(cfg.real_screen, "real")
+    elif choice == "demo":
         if cfg.demo_screen is None or not cfg.demo_screen.exists():
             st.error("The embedded demo screen is missing (assets/demo_screen.h5ad); reinstall, or upload a screen.")
             return

@@ -44,6 +44,8 @@ class Settings:
 
     demo_screen: Path | None  # LCD_APP_DEMO_SCREEN: the embedded demo screen (default: lcd_core's)
     demo_run: Path  # LCD_APP_DEMO_RUN: the shipped demo run (default assets/demo_run)
+    real_screen: Path  # LCD_APP_REAL_SCREEN: the shipped real screen (default assets/norman2019_k562_subset.h5ad)
+    real_run: Path  # LCD_APP_REAL_RUN: its shipped run (default assets/norman_run)
     runs_dir: Path  # LCD_APP_RUNS: where the Train page writes runs (default runs/)
     embedding: str  # LCD_APP_EMBEDDING: "umap" (default) or "pca" (no numba compile; for quick checks)
     python: str  # interpreter that runs `lcd train` in the background
@@ -62,6 +64,8 @@ def settings() -> Settings:
     return Settings(
         demo_screen=Path(demo) if demo else None,
         demo_run=Path(os.environ.get("LCD_APP_DEMO_RUN", ROOT / "assets" / "demo_run")),
+        real_screen=Path(os.environ.get("LCD_APP_REAL_SCREEN", ROOT / "assets" / "norman2019_k562_subset.h5ad")),
+        real_run=Path(os.environ.get("LCD_APP_REAL_RUN", ROOT / "assets" / "norman_run")),
         runs_dir=Path(os.environ.get("LCD_APP_RUNS", ROOT / "runs")),
         embedding=os.environ.get("LCD_APP_EMBEDDING", "umap"),
         python=sys.executable,
@@ -152,7 +156,8 @@ def list_runs() -> list[RunInfo]:
     from lcd_core.errors import RunError
 
     cfg = settings()
-    candidates = [cfg.demo_run] + (sorted(p for p in cfg.runs_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    shipped = {cfg.demo_run: "demo (shipped)", cfg.real_run: "Norman 2019 subset (shipped)"}
+    candidates = list(shipped) + (sorted(p for p in cfg.runs_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
                                    if cfg.runs_dir.is_dir() else [])
     out = []
     for p in candidates:
@@ -164,18 +169,18 @@ def list_runs() -> list[RunInfo]:
             status = "complete" if run.is_complete() else str(c.get("status", "incomplete"))
         except RunError as e:
             c, status = {}, f"unreadable ({e})"
-        name = "demo (shipped)" if p == cfg.demo_run else p.name
+        name = shipped.get(p, p.name)
         out.append(RunInfo(path=p, name=name, complete=run.is_complete() and bool(c), status=status,
                            data_hash=c.get("data_hash"), preset=(c.get("config") or {}).get("preset"),
                            n_genes=len(c.get("genes", [])) or None, modified=(p / "config.json").stat().st_mtime,
                            config=c))
-    demo = [r for r in out if r.path == cfg.demo_run]
-    rest = sorted((r for r in out if r.path != cfg.demo_run), key=lambda r: -r.modified)
-    return demo + rest
+    first = [r for r in out if r.path in shipped]
+    rest = sorted((r for r in out if r.path not in shipped), key=lambda r: -r.modified)
+    return first + rest
 
 
 def default_run(screen) -> Path | None:
-    """The shipped demo run if it fits the screen, else the newest complete run trained on it."""
+    """The shipped run of the screen (demo or real) if it fits, else the newest complete run trained on it."""
     same = [r for r in list_runs() if r.complete and screen is not None and r.data_hash == screen.data_hash]
     return same[0].path if same else None
 
@@ -305,37 +310,38 @@ def _poll(key: tuple, store: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ derived objects
-def _prediction_job(run_path, label: str, n_cells: int, seed: int, n_evals: int | None) -> tuple:
+def _prediction_job(run_path, label: str, n_cells: int, seed: int, n_evals: int | None,
+                    anchored: bool = False) -> tuple:
     """``(job key, job)`` sampling one label's cells: the one definition both the prefetch and the fetch use."""
     rk = run_key(run_path)
     model = _load_model(*rk)
-    key = ("predict", rk, label, int(n_cells), int(seed), n_evals)
-    return key, (lambda: model.predict([label], n_cells=n_cells, seed=seed, n_evals=n_evals))
+    key = ("predict", rk, label, int(n_cells), int(seed), n_evals, bool(anchored))
+    return key, (lambda: model.predict([label], n_cells=n_cells, seed=seed, n_evals=n_evals, anchored=anchored))
 
 
 def prefetch_predictions(run_path: str | Path, labels, n_cells: int, seed: int, *, n_evals: int | None = None,
-                         after: str | None = None) -> None:
+                         after: str | None = None, anchored: bool = False) -> None:
     """Queue sampling ``labels`` in the background (collected later with :func:`prediction`), one after
     the other, behind label ``after`` (submitted now if new). On a laptop's few cores, jobs running side by
     side each take as long as all of them together: queued, the cells the page shows first (``after``)
     arrive first, and the rest while the page draws them."""
-    prev = jobs().submit(*_prediction_job(run_path, after, n_cells, seed, n_evals), label="sampling cells") \
+    prev = jobs().submit(*_prediction_job(run_path, after, n_cells, seed, n_evals, anchored), label="sampling cells") \
         if after is not None else None
     for label in labels:
         if label != after:
-            prev = jobs().submit(*_prediction_job(run_path, label, n_cells, seed, n_evals), label="sampling cells",
+            prev = jobs().submit(*_prediction_job(run_path, label, n_cells, seed, n_evals, anchored), label="sampling cells",
                                  after=prev)
 
 
 def prediction(run_path: str | Path, labels: tuple[str, ...], n_cells: int, seed: int, *,
-               n_evals: int | None = None, wait: float = 2.0) -> dict[str, np.ndarray] | None:
+               n_evals: int | None = None, wait: float = 2.0, anchored: bool = False) -> dict[str, np.ndarray] | None:
     """LCD cells (log1p CP10k) of each label, sampled in the background, one job per label: a label's
     cells depend only on (seed, label, sampler budget ``n_evals``; ``None``: the run's default), so control
     and singles are shared by every double that needs them. All jobs are submitted first, then awaited;
     ``None`` while any is still running."""
     pending = {}
     for label in labels:
-        pending[label] = _prediction_job(run_path, label, n_cells, seed, n_evals)
+        pending[label] = _prediction_job(run_path, label, n_cells, seed, n_evals, anchored)
         jobs().submit(*pending[label], label="sampling cells")
     out = {}
     for label, (key, fn) in pending.items():

@@ -159,7 +159,10 @@ class _ProgressBar:
 def cmd_train(args: argparse.Namespace) -> None:
     from .model import RunDir, apply_overrides, get_preset
 
-    config = apply_overrides(get_preset(args.preset, seed=args.seed), args.set)
+    if args.preset == "auto":
+        config = apply_overrides(_auto_preset(args), args.set)
+    else:
+        config = apply_overrides(get_preset(args.preset, seed=args.seed), args.set)
     heldout = [c for c in args.holdout_combos.split(",") if c.strip()] if args.holdout_combos else None
     from .data import check_pooling, contexts_in_file
 
@@ -183,6 +186,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"trained {run}: {len(cfg['train_conditions'])} training conditions, {len(cfg['genes'])} genes, "
           f"held out {len(cfg['heldout'])} (backend {args.backend})")
     _print_fit(run)
+
+
+def _auto_preset(args: argparse.Namespace):
+    """The auto preset for this screen (its gene and condition counts) and the device it will train on."""
+    from ._device import resolve_device
+    from .data import read_screen
+    from .model._presets import auto_preset
+
+    screen = read_screen(args.screen, backed=True, **_screen_kwargs(args))
+    device = "cuda" if args.backend == "ray" and args.device == "cuda" else str(resolve_device(args.device))
+    return auto_preset(len(screen.genes), len(screen.conditions), device=device, seed=args.seed)
 
 
 def _print_fit(run) -> None:
@@ -231,7 +245,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         labels = ["ctrl", *labels]
     with _backend(args) as backend:
         pred = backend.predict(args.run, labels, args.cells, sampler=args.sampler, n_evals=args.steps,
-                               seed=args.seed, device=args.device)
+                               seed=args.seed, device=args.device, anchored=args.anchored)
     for label, genes in pred.unseen.items():
         print(f"lcd predict: note: {', '.join(genes)} in {label} never perturbed in training; "
               "using the mean perturbation embedding", file=sys.stderr)
@@ -394,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an LCD model on a screen into a run directory")
     p.add_argument("screen", help="an .h5ad file")
     p.add_argument("--out", required=True, help="run directory (resumed if it holds a checkpoint)")
-    p.add_argument("--preset", choices=["demo", "standard", "paper"], default="demo")
+    p.add_argument("--preset", choices=["auto", "demo", "standard", "paper"], default="auto",
+                   help="auto (default): demo sized to the screen on a CPU (a few minutes), standard on a GPU")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     split = p.add_mutually_exclusive_group()
     split.add_argument("--holdout-combos", help="comma-separated combinations to hold out, e.g. A+B,C+D")
@@ -432,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="sampler budget (network evaluations); trades speed for quality")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--with-control", action="store_true", help="also write predicted control cells")
+    p.add_argument("--anchored", action="store_true",
+                   help="[ours] anchored prediction: each gene's mean set by the measured singles, the distribution "
+                        "and the interaction LCD's (runs with a count model)")
     p.add_argument("--device", default="auto")
     p.add_argument("--our-space", action="store_true",
                    help="for a run on counts recovered from a normalised file: write log1p CP10k over the run's "

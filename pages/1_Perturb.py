@@ -84,6 +84,10 @@ def lcd_mode(screen, run, model) -> None:
         n_evals = int(c3.select_slider(
             "Sampler budget (network evaluations)", [16, 32, 64, 128], value=32, key="pert_evals",
             help="Fewer is faster; 32 matches the reference sampler's quality (docs/benchmarks.md), 16 does not."))
+    anchored = model.anchors is not None and st.toggle(
+        "Anchored", value=False, key="pert_anchored",
+        help="[ours] Each gene's mean set by the measured singles, the distribution and the interaction LCD's "
+             "(README, 'Anchored prediction'); off: LCD's own prediction.")
     if not label:
         st.info("Choose a perturbation.")
         return
@@ -93,11 +97,11 @@ def lcd_mode(screen, run, model) -> None:
         ui.show_error(e)
         return
     targets = targets_of(label)
-    rk = (ui.run_key(run), screen.data_hash, label, int(n_cells), seed, n_evals)  # key of everything derived below
+    rk = (ui.run_key(run), screen.data_hash, label, int(n_cells), seed, n_evals, anchored)  # key of everything derived below
     extra = tuple(dict.fromkeys([KEYS.CONTROL, *targets])) if len(targets) == 2 else ()
     # control and singles for the interaction class, queued behind the chosen label's own cells
-    ui.prefetch_predictions(run, extra, n_cells, seed, n_evals=n_evals, after=label)
-    pred = ui.prediction(run, (label,), n_cells, seed, n_evals=n_evals)
+    ui.prefetch_predictions(run, extra, n_cells, seed, n_evals=n_evals, after=label, anchored=anchored)
+    pred = ui.prediction(run, (label,), n_cells, seed, n_evals=n_evals, anchored=anchored)
     if pred is None:
         return
     st.session_state["last_prediction"] = label
@@ -107,7 +111,7 @@ def lcd_mode(screen, run, model) -> None:
     if ui.same_genes(model, screen):
         control = screen.log1p(KEYS.CONTROL)
     else:  # another screen than the run's: compare with the model's own control cells
-        ctrl = ui.prediction(run, (KEYS.CONTROL,), n_cells, seed, n_evals=n_evals)
+        ctrl = ui.prediction(run, (KEYS.CONTROL,), n_cells, seed, n_evals=n_evals, anchored=anchored)
         if ctrl is None:
             return
         control = ctrl[KEYS.CONTROL]
@@ -124,7 +128,7 @@ def lcd_mode(screen, run, model) -> None:
     if len(targets) == 2:
         a, b = targets
         st.subheader("Genetic interaction")
-        more = ui.prediction(run, extra, n_cells, seed, n_evals=n_evals)
+        more = ui.prediction(run, extra, n_cells, seed, n_evals=n_evals, anchored=anchored)
         if more is None:
             return
         pred.update(more)

@@ -151,8 +151,10 @@ class Backend(ABC):
     # inference -----------------------------------------------------------------------------------
     @abstractmethod
     def predict(self, run: str | os.PathLike, perturbations: Sequence[str], n_cells: int = 500, *,
-                sampler: str | None = None, n_evals: int | None = None, seed: int = 0, device: str = "auto"):
-        """Generated cells of each perturbation: a :class:`lcd_core.model.Prediction` (as ``LCD.predict``)."""
+                sampler: str | None = None, n_evals: int | None = None, seed: int = 0, device: str = "auto",
+                anchored: bool = False):
+        """Generated cells of each perturbation: a :class:`lcd_core.model.Prediction` (as ``LCD.predict``;
+        ``anchored``: the run's anchored prediction)."""
 
     @abstractmethod
     def clipr(self, run: str | os.PathLike, *, variant: str = "paper", lam: float | None = None, seed: int = 0,

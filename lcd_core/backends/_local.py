@@ -37,13 +37,13 @@ def train_run(screen_path: str | os.PathLike, out: str | os.PathLike, *, config:
 
 
 def predict_run(run: str | os.PathLike, labels: Sequence[str], n_cells: int, *, sampler: str | None = None,
-                n_evals: int | None = None, seed: int = 0, device: str = "auto"):
+                n_evals: int | None = None, seed: int = 0, device: str = "auto", anchored: bool = False):
     """``LCD.load(run).predict(labels, ...)``. Cells of a label depend only on (seed, label), so a
     prediction split across workers equals the one made in one piece (on the same kind of device)."""
     from ..model import LCD
 
     model = LCD.load(run, device=device)
-    return model.predict(list(labels), n_cells=n_cells, sampler=sampler, n_evals=n_evals, seed=seed)
+    return model.predict(list(labels), n_cells=n_cells, sampler=sampler, n_evals=n_evals, seed=seed, anchored=anchored)
 
 
 def merge_predictions(parts: list):
@@ -141,8 +141,10 @@ class LocalBackend(Backend):
         self._jobs = [j for j in self._jobs if not j.done()] + [job]
         return job
 
-    def predict(self, run, perturbations, n_cells=500, *, sampler=None, n_evals=None, seed=0, device="auto"):
-        return predict_run(run, perturbations, n_cells, sampler=sampler, n_evals=n_evals, seed=seed, device=device)
+    def predict(self, run, perturbations, n_cells=500, *, sampler=None, n_evals=None, seed=0, device="auto",
+                anchored=False):
+        return predict_run(run, perturbations, n_cells, sampler=sampler, n_evals=n_evals, seed=seed, device=device,
+                           anchored=anchored)
 
     def clipr(self, run, *, variant="paper", lam=None, seed=0, device="auto", **kwargs):
         return clipr_run(run, variant=variant, lam=lam, seed=seed, device=device, **kwargs)

@@ -60,6 +60,7 @@ from .. import __version__
 from .._dependencies import require
 from ..errors import ConfigError, LCDError, RunError
 from ._base import Backend, BackendError, BackendResourceError, BackendUnavailable, Job, JobCancelled
+from ..model._anchor import ANCHORS_FILE
 from ._local import clipr_run, merge_predictions, predict_run, train_run
 
 #: Ray reads this when it is imported: "0" makes a private instance advertise and bind 127.0.0.1 only
@@ -68,7 +69,7 @@ _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _PROBE_SECONDS = 3.0
 _SOFT_CANCEL_SECONDS = 5.0
 #: files a finished run needs for LCD.load (what prediction and CLIPR ship)
-_MODEL_FILES = ("config.json", "model.json", "model.safetensors", "COMPLETE")
+_MODEL_FILES = ("config.json", "model.json", "model.safetensors", "COMPLETE", ANCHORS_FILE)  # anchors: if present
 
 
 def _import_ray(*, local: bool, client: bool = False):
@@ -269,11 +270,12 @@ def _with_run(run_ref, run_path: str | None, fn: Callable[[str], Any]):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _predict_task(version, run_blob, run_path, labels, n_cells, sampler, n_evals, seed, device):
+def _predict_task(version, run_blob, run_path, labels, n_cells, sampler, n_evals, seed, device, anchored):
     _check_version(version)
     _worker_setup()
     return _with_run(run_blob, run_path, lambda run: predict_run(run, labels, n_cells, sampler=sampler,
-                                                                  n_evals=n_evals, seed=seed, device=device))
+                                                                  n_evals=n_evals, seed=seed, device=device,
+                                                                  anchored=anchored))
 
 
 def _clipr_task(version, run_blob, run_path, variant, lam, seed, device, kwargs):
@@ -680,9 +682,11 @@ class RayBackend(Backend):
         RunDir(run).require_complete()  # a clear message here rather than on a worker
         if self.transfer == "shared":
             return None, str(Path(run).resolve())
-        return ray.put(_tar(Path(run), _MODEL_FILES)), None
+        files = [f for f in _MODEL_FILES if f != ANCHORS_FILE or (Path(run) / f).exists()]
+        return ray.put(_tar(Path(run), files)), None
 
-    def predict(self, run, perturbations, n_cells=500, *, sampler=None, n_evals=None, seed=0, device="auto"):
+    def predict(self, run, perturbations, n_cells=500, *, sampler=None, n_evals=None, seed=0, device="auto",
+                anchored=False):
         import numpy as np
         import ray
 
@@ -694,7 +698,8 @@ class RayBackend(Backend):
         n = min(len(labels), self._slots(options))
         chunks = [list(c) for c in np.array_split(np.array(labels, dtype=object), n) if len(c)]
         fn = _remote()["predict"].options(**options)
-        refs = [fn.remote(__version__, blob, path, c, n_cells, sampler, n_evals, seed, worker_device) for c in chunks]
+        refs = [fn.remote(__version__, blob, path, c, n_cells, sampler, n_evals, seed, worker_device, anchored)
+                for c in chunks]
         pred = merge_predictions(self._get(refs))
         pred.params["run"] = str(run)
         return pred

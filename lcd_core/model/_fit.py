@@ -130,7 +130,7 @@ def summary_sentence(conditions: dict[str, dict], *, max_listed: int = 8) -> str
 
 def fit_report(model: LCD, screen: Screen, *, conditions: list[str] | None = None,
                validation: dict[str, list[int]] | None = None, n_cells: int = 300, top: int = 20,
-               n_splits: int = 10, seed: int = 0,
+               n_splits: int = 10, seed: int = 0, anchored: bool = False,
                progress: Callable[[int, int, str], None] | None = None) -> dict:
     """How well a trained model reproduces its training conditions, against the replicate ceiling.
 
@@ -166,6 +166,10 @@ def fit_report(model: LCD, screen: Screen, *, conditions: list[str] | None = Non
         Split halves of the ceiling.
     seed
         Seeds the prediction and the splits.
+    anchored
+        Check the anchored prediction (:mod:`lcd_core.model._anchor`) instead of LCD's own. Its singles'
+        means are fitted to these very cells, so it reproduces them by construction: a check of the anchors,
+        not of the model (``fit.json`` always checks LCD's own prediction).
     progress
         ``progress(i, n, condition)`` after each condition.
 
@@ -194,7 +198,7 @@ def fit_report(model: LCD, screen: Screen, *, conditions: list[str] | None = Non
     entries = {}
     for i, cond in enumerate(conditions):
         obs = screen.log1p(cond).astype(np.float64)
-        pred = model.predict([cond], n_cells, seed=seed).cells[cond].astype(np.float64)
+        pred = model.predict([cond], n_cells, seed=seed, anchored=anchored).cells[cond].astype(np.float64)
         mask = None
         if validation.get(cond):
             mask = np.zeros(len(obs), dtype=bool)
@@ -206,7 +210,7 @@ def fit_report(model: LCD, screen: Screen, *, conditions: list[str] | None = Non
         if progress is not None:
             progress(i + 1, len(conditions), cond)
     return {"format_version": FIT_FORMAT_VERSION, "rule": RULE, "top": top, "n_cells": n_cells,
-            "n_splits": n_splits, "seed": seed, "conditions": _jsonable(entries), "summary": _summary(entries)}
+            "n_splits": n_splits, "seed": seed, "anchored": anchored, "conditions": _jsonable(entries), "summary": _summary(entries)}
 
 
 def _summary(entries: dict[str, dict]) -> dict:

@@ -1,5 +1,6 @@
 """Training presets: one dataclass holding both stages' settings, and the named presets of ``lcd train``.
 
+- ``auto`` (the default of ``lcd train``): ``demo`` sized to the screen on a CPU, ``standard`` on a GPU.
 - ``demo``: a laptop CPU, minutes on the embedded demo screen (~150 genes, ~90 conditions).
 - ``standard``: one GPU, a 1000-gene, ~100k-cell screen.
 - ``paper``: the authors' settings (METHOD.md §2); days on a CPU, hours on a GPU.
@@ -49,9 +50,11 @@ def _tuples(d: dict) -> dict:
 
 
 def get_preset(name: str, *, seed: int = 0) -> TrainConfig:
-    """The named preset with ``seed`` applied to every stage."""
+    """The named preset with ``seed`` applied to every stage (``auto`` needs the screen: :func:`auto_preset`)."""
+    if name == "auto":
+        raise ConfigError("the auto preset is sized to a screen: use auto_preset(n_genes, n_conditions, device=...)")
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose one of auto, {', '.join(PRESETS)}")
     cfg = PRESETS[name]()
     cfg.seed = seed
     cfg.stage1.seed = seed
@@ -98,6 +101,41 @@ def _paper() -> TrainConfig:
 
 
 PRESETS = {"demo": _demo, "standard": _standard, "paper": _paper}
+
+#: wall time the ``auto`` preset gives stage 2 on a CPU (issue 13: a 500-gene real screen trains in ≤ 5 min)
+AUTO_CPU_STAGE2_SECONDS = 200.0
+#: stage-2 seconds per unit of ``batch · hidden · (2 · genes + hidden · (layers − 1))`` on the reference 2-core
+#: CPU (the shipped demo run: 29 ms per step at 1024 · 512 · (2 · 144 + 512))
+CPU_SECONDS_PER_UNIT = 6.9e-11
+
+
+def auto_preset(n_genes: int, n_conditions: int, *, device: str = "cpu", seed: int = 0) -> TrainConfig:
+    """The ``auto`` preset (``lcd train``'s default): a preset sized to the screen and the device.
+
+    On a GPU it is ``standard``. On a CPU it is ``demo`` with as many stage-2 steps as fit
+    :data:`AUTO_CPU_STAGE2_SECONDS` at this screen's gene count (between 2000 and the demo's 5000; the
+    cost model is the per-step cost measured on the reference CPU), and every condition in each stage-1 step
+    up to 20.
+
+    Parameters
+    ----------
+    n_genes, n_conditions
+        Modelled genes and training conditions of the screen.
+    device
+        The resolved device (``cpu``, ``cuda[:N]``, ``mps``).
+    """
+    if str(device).startswith("cuda"):
+        cfg = _standard()
+    else:
+        cfg = _demo()
+        s2 = cfg.stage2
+        unit = s2.batch_size * s2.hidden * (2 * n_genes + s2.hidden * (s2.n_layers - 1))
+        steps = AUTO_CPU_STAGE2_SECONDS / (unit * CPU_SECONDS_PER_UNIT)
+        s2.steps = int(min(5000, max(2000, round(steps, -2))))
+        cfg.stage1.conditions_per_step = min(20, max(1, n_conditions))
+    cfg.preset = "auto"
+    cfg.seed = cfg.stage1.seed = cfg.stage2.seed = seed
+    return cfg
 
 
 def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
