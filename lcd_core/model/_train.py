@@ -22,7 +22,7 @@ from .._device import resolve_device
 from ..data import Screen, file_space_record
 from ..data._conventions import targets_of
 from ..errors import ConfigError, RunError
-from ..module import ZIPNoise, unit_scale_from_counts
+from ..module import QuantileDecoder, ZIPNoise, unit_scale_from_counts
 from ..pp import explicit_split, fold_split, split_combinations
 from ..train import fit_stage1, fit_stage2, standardize
 from ._lcd import LCD
@@ -152,8 +152,10 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
         latents = res1.sample_latents(config.n_latent_samples, seed=config.seed)
         del counts, res1
     else:
-        # no measurement model (PRODUCT.md "Data in"): stage 2 directly on the normalised values
+        # no measurement model (PRODUCT.md "Data in"): stage 2 directly on the normalised values, decoded
+        # back onto the data's domain by a zero-aware decoder fitted after stage 2 (README "No-count mode")
         latents = [screen.log1p(c).astype(np.float32) for c in train_conds]
+        observed = latents
     x, mu, sd = standardize(latents, control_index=0)
     del latents
     pert = np.stack([_multihot(c, pert_genes) for c in train_conds])
@@ -168,6 +170,9 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
             "train_conditions": train_conds, "heldout": split["heldout"]}
     model = LCD(genes=genes, pert_genes=pert_genes, conditions=train_conds, net=res2.net, mu=mu, sd=sd,
                 noise=noise, info=info)
+    if mode == "normalised":
+        model.decoder = fit_decoder(model, train_conds, observed, seed=config.seed)
+        del observed
     model.save(run)
     run.write_config(dict(cfg_json, status="complete"))
     run.mark_complete()
@@ -176,6 +181,33 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
     shutil.rmtree(run.checkpoints, ignore_errors=True)
     run.log({"event": "complete"})
     return model
+
+
+def fit_decoder(model: LCD, conditions: list[str], observed: list[np.ndarray], *, seed: int = 0,
+                max_cells: int = 500) -> QuantileDecoder:
+    """[ours] Fit the no-count mode's zero-aware decoder (:class:`~lcd_core.module.QuantileDecoder`).
+
+    Generates cells of every training condition with the trained stage 2 (the run's sampler) and
+    matches each gene's generated values, pooled, to the observed ones, pooled in the same proportions
+    (each condition contributes ``min(n_q, max_cells)`` cells to both sides).
+
+    Parameters
+    ----------
+    model
+        The trained :class:`LCD` (no measurement model).
+    conditions
+        Its training conditions.
+    observed
+        One ``(n_q, d)`` array of observed normalised values per condition, in ``conditions``' order.
+    """
+    rng = np.random.default_rng(seed)
+    generated, kept = [], []
+    for label, cells in zip(conditions, observed):
+        n = min(len(cells), max_cells)
+        x = model.sample_standardised(label, n, seed=seed + 7919)  # not the seeds predictions use
+        generated.append(model.mu + model.sd * x)
+        kept.append(cells[rng.choice(len(cells), n, replace=False)] if n < len(cells) else cells)
+    return QuantileDecoder.fit(np.concatenate(generated), np.concatenate(kept))
 
 
 def _multihot(label: str, pert_genes: list[str]) -> np.ndarray:
