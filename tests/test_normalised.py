@@ -16,6 +16,7 @@ from lcd_core import KEYS
 from lcd_core.data import read_screen
 from lcd_core.errors import RunError
 from lcd_core.model import LCD, train
+from lcd_core.model._run import RunDir
 from lcd_core.module import QuantileDecoder
 
 from tests.conftest import tiny_config
@@ -84,6 +85,8 @@ def test_the_decoder_survives_save_and_load(sparse_run):
     _, run, model = sparse_run
     meta = json.loads((run / "model.json").read_text())
     assert meta["has_decoder"] is True
+    fitted = [r for r in RunDir(run).read_log() if r.get("event") == "decoder_fitted"]
+    assert len(fitted) == 1 and fitted[0]["genes_zero_everywhere"] == len(ALL_ZERO)
     loaded = LCD.load(run, device="cpu")
     assert loaded.decoder is not None
     np.testing.assert_array_equal(loaded.decoder.generated_q, model.decoder.generated_q)
@@ -105,8 +108,6 @@ def test_a_normalised_run_saved_before_the_decoder_still_loads(sparse_run, tmp_p
     meta.pop("has_decoder")
     meta["model_format_version"] = 2
     (old / "model.json").write_text(json.dumps(meta))
-    from lcd_core.model._run import RunDir
-
     RunDir(old).mark_complete()  # the weights changed: re-seal them
     loaded = LCD.load(old, device="cpu")
     assert loaded.decoder is None
@@ -123,8 +124,6 @@ def test_a_decoder_that_does_not_fit_the_run_is_refused(sparse_run, tmp_path):
     tensors = load_file(str(bad / "model.safetensors"))
     tensors["decoder.zero_fraction"] = tensors["decoder.zero_fraction"][:3].contiguous()
     save_file(tensors, str(bad / "model.safetensors"))
-    from lcd_core.model._run import RunDir
-
     RunDir(bad).mark_complete()
     with pytest.raises(RunError, match="does not fit"):
         LCD.load(bad, device="cpu")

@@ -171,8 +171,12 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
     model = LCD(genes=genes, pert_genes=pert_genes, conditions=train_conds, net=res2.net, mu=mu, sd=sd,
                 noise=noise, info=info)
     if mode == "normalised":
+        t_decoder = time.monotonic()
         model.decoder = fit_decoder(model, train_conds, observed, seed=config.seed)
         del observed
+        run.log({"event": "decoder_fitted", "seconds": time.monotonic() - t_decoder,
+                 "zero_fraction": float(model.decoder.zero_fraction.mean()),
+                 "genes_zero_everywhere": int((model.decoder.zero_fraction >= 1.0).sum())})
     model.save(run)
     run.write_config(dict(cfg_json, status="complete"))
     run.mark_complete()
