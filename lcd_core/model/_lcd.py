@@ -22,16 +22,17 @@ from .._constants import KEYS
 from .._device import resolve_device
 from ..data._conventions import parse_label, targets_of
 from ..errors import ConfigError, RunError
-from ..module import ScoreNet, ZIPNoise
+from ..module import QuantileDecoder, ScoreNet, ZIPNoise
 from ..pp import normalize_log1p
 from ..sampling import SAMPLERS, sample
 from ._anchor import Anchors
 from ._run import MODEL_META, WEIGHTS, RunDir, atomic_write_json
 
 #: format of model.json / model.safetensors; bump on any change of meaning
-MODEL_FORMAT_VERSION = 2
-#: formats this version still reads (1: before ScoreNet's ``sigma_out``, which then defaults to METHOD's 0)
-READABLE_MODEL_FORMATS = (1, 2)
+MODEL_FORMAT_VERSION = 3
+#: formats this version still reads (1: before ScoreNet's ``sigma_out``, which then defaults to METHOD's 0;
+#: 2: before the no-count mode's zero-aware decoder, whose runs then return stage 2's values unchanged)
+READABLE_MODEL_FORMATS = (1, 2, 3)
 
 
 @dataclass
@@ -100,6 +101,10 @@ class LCD:
     noise
         The fitted :class:`~lcd_core.module.ZIPNoise`, or ``None`` for a run without a measurement model
         (stage 2 directly on normalised values).
+    decoder
+        [ours] For a run without a measurement model: the :class:`~lcd_core.module.QuantileDecoder` that
+        maps stage 2's values of each gene onto the data's (exact zeros, ≥ 0). ``None``: the values are
+        returned as generated (runs saved before it existed).
     info
         Provenance (data hash, split, config, seed), saved with the model.
     anchors
@@ -118,7 +123,8 @@ class LCD:
     """
 
     def __init__(self, *, genes, pert_genes, conditions, net: ScoreNet, mu, sd, noise: ZIPNoise | None,
-                 info: dict | None = None, anchors: Anchors | None = None):
+                 info: dict | None = None, anchors: Anchors | None = None,
+                 decoder: QuantileDecoder | None = None):
         self.genes = list(genes)
         self.pert_genes = list(pert_genes)
         self.conditions = list(conditions)
@@ -126,6 +132,7 @@ class LCD:
         self.mu = np.asarray(mu, dtype=np.float64)
         self.sd = np.asarray(sd, dtype=np.float64)
         self.noise = noise.eval() if noise is not None else None
+        self.decoder = decoder
         self.info = dict(info or {})
         self.anchors = anchors
         self._pert_index = {g: i for i, g in enumerate(self.pert_genes)}
@@ -201,8 +208,12 @@ class LCD:
 
     @torch.inference_mode()
     def decode(self, latent: np.ndarray, *, seed: int = 0) -> np.ndarray:
-        """Latent states → cells: counts through the ZIP model, then log1p CP10k (METHOD.md §3)."""
+        """``(n, d)`` latent states → ``(n, d)`` float32 cells: counts through the ZIP model, then log1p
+        CP10k (METHOD.md §3). Without a measurement model the states are the screen's normalised values:
+        the zero-aware decoder maps them onto the data's domain (exact zeros, ≥ 0; README "No-count mode")."""
         if self.noise is None:
+            if self.decoder is not None:
+                return self.decoder(latent)
             return latent.astype(np.float32)
         return np.asarray(normalize_log1p(self.decode_counts(latent, seed=seed)), dtype=np.float32)
 
@@ -283,6 +294,8 @@ class LCD:
         tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         if self.noise is not None:
             tensors |= {f"noise.{k}": v.detach().cpu().contiguous() for k, v in self.noise.state_dict().items()}
+        if self.decoder is not None:
+            tensors |= {f"decoder.{k}": v.contiguous() for k, v in self.decoder.state_dict().items()}
         tensors["mu"] = torch.as_tensor(self.mu)
         tensors["sd"] = torch.as_tensor(self.sd)
         tmp = run / f".{WEIGHTS}.tmp"
@@ -291,7 +304,8 @@ class LCD:
         atomic_write_json(run / MODEL_META, {
             "model_format_version": MODEL_FORMAT_VERSION,
             "genes": self.genes, "pert_genes": self.pert_genes, "conditions": self.conditions,
-            "net_init": self.net.init_params, "has_noise": self.noise is not None, "info": self.info,
+            "net_init": self.net.init_params, "has_noise": self.noise is not None,
+            "has_decoder": self.decoder is not None, "info": self.info,
         })
 
     @classmethod
@@ -312,19 +326,21 @@ class LCD:
         except (SafetensorError, OSError, ValueError) as e:
             raise RunError(f"{run / WEIGHTS} is corrupt ({e}); retrain the run") from None
         net = ScoreNet(**meta["net_init"])
-        noise = None
+        noise = decoder = None
         try:
             net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
             if meta["has_noise"]:
                 noise_state = {k[6:]: v for k, v in tensors.items() if k.startswith("noise.")}
                 noise = ZIPNoise(noise_state["unit_scale"].numpy())
                 noise.load_state_dict(noise_state)
-        except (RuntimeError, KeyError) as e:
+            if meta.get("has_decoder"):  # absent before format 3
+                decoder = QuantileDecoder.from_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("decoder.")})
+        except (RuntimeError, KeyError, ValueError) as e:
             raise RunError(f"{run / WEIGHTS} does not fit {run / MODEL_META} ({_short(e)}); retrain the run") from None
         info = dict(meta.get("info", {}), run=str(run.path))
         return cls(genes=meta["genes"], pert_genes=meta["pert_genes"], conditions=meta["conditions"],
                    net=net.to(dev), mu=tensors["mu"].numpy(), sd=tensors["sd"].numpy(),
-                   noise=noise.to(dev) if noise is not None else None, info=info,
+                   noise=noise.to(dev) if noise is not None else None, info=info, decoder=decoder,
                    anchors=Anchors.load(run.path) if meta["has_noise"] else None)
 
 

@@ -24,7 +24,7 @@ from .._device import resolve_device
 from ..data import Screen, file_space_record
 from ..data._conventions import targets_of
 from ..errors import ConfigError, RunError
-from ..module import ZIPNoise, unit_scale_from_counts
+from ..module import QuantileDecoder, ZIPNoise, unit_scale_from_counts
 from ..pp import explicit_split, fold_split, split_combinations
 from ..train import fit_stage1, fit_stage2, standardize
 from ._anchor import fit_anchors
@@ -215,11 +215,13 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
                        if validating else None)
         del counts, res1
     else:
-        # no measurement model (PRODUCT.md "Data in"): stage 2 directly on the normalised values; its
-        # held-out signal is the validation cells themselves
+        # no measurement model (PRODUCT.md "Data in"): stage 2 directly on the normalised values, decoded
+        # back onto the data's domain by a zero-aware decoder fitted after stage 2 (README "No-count mode");
+        # its held-out signal is the validation cells themselves
         parts = [_split_rows(screen.log1p(c).astype(np.float32), held_cells[c]) for c in train_conds]
         latents = [tr for tr, _ in parts]
         val_latents = [va for _, va in parts] if validating else None
+        observed = latents
         del parts
     x, mu, sd = standardize(latents, control_index=0)
     del latents
@@ -242,6 +244,13 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
             "train_conditions": train_conds, "heldout": split["heldout"]}
     model = LCD(genes=genes, pert_genes=pert_genes, conditions=train_conds, net=res2.net, mu=mu, sd=sd,
                 noise=noise, info=info)
+    if mode == "normalised":
+        t_decoder = time.monotonic()
+        model.decoder = fit_decoder(model, train_conds, observed, seed=config.seed)
+        del observed
+        run.log({"event": "decoder_fitted", "seconds": time.monotonic() - t_decoder,
+                 "zero_fraction": float(model.decoder.zero_fraction.mean()),
+                 "genes_zero_everywhere": int((model.decoder.zero_fraction >= 1.0).sum())})
     model.save(run)
     if noise is not None:  # [ours] anchored prediction's factors, fitted on the measured control and singles
         singles = [c for c in train_conds if len(targets_of(c)) <= 1]
@@ -285,6 +294,33 @@ def _write_fit(model: LCD, screen: Screen, run: RunDir, train_conds: list[str], 
 
     atomic_write_json(run / FIT_FILE, fit)
     run.log({"event": "fit", "summary": fit["summary"]["sentence"]})
+
+
+def fit_decoder(model: LCD, conditions: list[str], observed: list[np.ndarray], *, seed: int = 0,
+                max_cells: int = 500) -> QuantileDecoder:
+    """[ours] Fit the no-count mode's zero-aware decoder (:class:`~lcd_core.module.QuantileDecoder`).
+
+    Generates cells of every training condition with the trained stage 2 (the run's sampler) and
+    matches each gene's generated values, pooled, to the observed ones, pooled in the same proportions
+    (each condition contributes ``min(n_q, max_cells)`` cells to both sides).
+
+    Parameters
+    ----------
+    model
+        The trained :class:`LCD` (no measurement model).
+    conditions
+        Its training conditions.
+    observed
+        One ``(n_q, d)`` array of observed normalised values per condition, in ``conditions``' order.
+    """
+    rng = np.random.default_rng(seed)
+    generated, kept = [], []
+    for label, cells in zip(conditions, observed):
+        n = min(len(cells), max_cells)
+        x = model.sample_standardised(label, n, seed=seed + 7919)  # not the seeds predictions use
+        generated.append(model.mu + model.sd * x)
+        kept.append(cells[rng.choice(len(cells), n, replace=False)] if n < len(cells) else cells)
+    return QuantileDecoder.fit(np.concatenate(generated), np.concatenate(kept))
 
 
 def _multihot(label: str, pert_genes: list[str]) -> np.ndarray:
