@@ -93,8 +93,11 @@ def _stamp(path: Path) -> tuple[int, int]:
 @st.cache_resource(show_spinner="Reading the screen…", max_entries=8)
 def _load_screen(path: str, stamp: tuple[int, int], options: tuple[tuple[str, str], ...]):
     from lcd_core.data import read_screen
+    from lcd_core.data._validate import check_signal
 
-    return read_screen(path, **dict(options))
+    screen = read_screen(path, **dict(options))
+    check_signal(screen)  # a screen without signal is refused (an LCDError), so the previous one stays in use
+    return screen
 
 
 def load_screen(path: str | Path, options: dict | None = None):

@@ -286,6 +286,23 @@ def test_train_cancel(app_env):
     assert not (Path(rec["out"]) / "COMPLETE").exists()
 
 
+@pytest.mark.parametrize("case", ["all_zero", "zero_condition", "constant_genes"])
+def test_upload_without_signal_is_refused_and_the_screen_kept(app_env, tmp_path, case):
+    from test_data_bad_input import NO_SIGNAL, _no_signal
+
+    path = tmp_path / f"{case}.h5ad"
+    _no_signal(case).write_h5ad(path)
+    at = open_page()
+    before = at.session_state["screen_path"]
+    next(r for r in at.radio if r.label == "Screen").set_value("upload").run()
+    at.file_uploader(key="upload").set_value((path.name, path.read_bytes(), "application/octet-stream")).run()
+    assert not at.exception, [e.message for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "no signal" in errors[0] and NO_SIGNAL[case] in errors[0], errors
+    assert at.session_state["screen_path"] == before == str(Path(app_env["screen"]).resolve())
+    assert metric(at, "singles") == "8"  # the previous screen is still the one shown and used
+
+
 def test_five_sessions_see_only_their_own_results(app_env):
     labels = app_env["doubles"][:3] + ["M1G02", "M2G01"]
     sessions = []

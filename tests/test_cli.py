@@ -194,3 +194,19 @@ def test_clipr_and_modules_on_the_shipped_demo_run(tmp_path):
     bad = run("modules", tmp_path / "run", "--resolution", "0", "--out", tmp_path / "x.tsv", check=False)
     assert_one_line_error(bad, "resolution")
     assert not (tmp_path / "x.tsv").exists()
+
+
+@pytest.mark.parametrize("case", ["all_zero", "zero_condition", "constant_genes"])
+def test_screens_without_signal_are_refused(tmp_path, case):
+    """`lcd inspect` lists the problem and exits non-zero; `lcd train` refuses with one line and starts
+    nothing (the three no-signal screens of tests/test_data_bad_input.py, written with anndata)."""
+    from test_data_bad_input import NO_SIGNAL, _no_signal
+
+    path = tmp_path / f"{case}.h5ad"
+    _no_signal(case).write_h5ad(path)
+    proc = run("inspect", path, check=False)
+    assert_one_line_error(proc, "lcd inspect", "no signal", NO_SIGNAL[case])
+    assert "problems (1):" in proc.stdout and NO_SIGNAL[case] in proc.stdout
+    proc = run("train", path, "--out", tmp_path / "run", *TINY, check=False)
+    assert_one_line_error(proc, "lcd train", "no signal", NO_SIGNAL[case])
+    assert not (tmp_path / "run").exists()
