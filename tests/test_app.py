@@ -331,6 +331,44 @@ def test_no_run_pages_explain(app_env, monkeypatch, tmp_path):
     assert any("No model" in w.value or "No trained model" in w.value for w in [*at.warning, *at.sidebar.warning])
 
 
+_OPEN_THEN_EXIT = """
+import sys
+from streamlit.testing.v1 import AppTest
+
+at = AppTest.from_file({app!r}, default_timeout=120)
+at.run()
+if sys.argv[1:]:
+    at.switch_page(sys.argv[1])
+    at.run()
+assert not at.exception, [e.message for e in at.exception]
+print("rendered", sys.argv[1:])
+"""
+
+
+def test_every_page_then_interpreter_exit_exits_cleanly(tmp_path):
+    """Open a page with AppTest and let the interpreter exit while its background jobs still run (the
+    shipped demo: the Benchmark page's evaluation is inside torch then): exit status 0, no abort
+    ("terminate called without an active exception", 134). One process per page, run side by side."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "open_then_exit.py"
+    script.write_text(_OPEN_THEN_EXIT.format(app=APP))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LCD_APP_")}  # the shipped demo
+    env.update(LCD_APP_RUNS=str(tmp_path / "runs"), OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE",
+               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
+    procs = {page or "app.py": subprocess.Popen([sys.executable, str(script), *([page] if page else [])],
+                                                cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                                stderr=subprocess.STDOUT, text=True)
+             for page in [None, *PAGES]}
+    failed = {}
+    for page, proc in procs.items():
+        out, _ = proc.communicate(timeout=600)
+        if proc.returncode != 0 or "rendered" not in out:
+            failed[page] = (proc.returncode, out[-1500:])
+    assert not failed, failed
+
+
 # ---------------------------------------------------------------------------------------- engine pieces the pages use
 def test_reference_embedding_projects_new_cells_and_scatter_switches_to_webgl():
     from lcd_core.pl import embedding_scatter
