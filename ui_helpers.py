@@ -6,10 +6,15 @@ Science lives in :mod:`lcd_core`; this module only wires it to Streamlit. Rules 
   nobody mutates them after they are built.
 - Long work (sampling, CLIPR, UMAP, evaluation) runs in worker threads of :class:`Jobs`; training runs
   in a separate process (``lcd train``) that outlives page reloads. Workers never call ``st.*``.
+- When the interpreter exits (also after the server's SIGINT/SIGTERM, which Streamlit turns into a
+  normal exit) :func:`stop_jobs` stops the workers first: a thread still inside torch while the C++
+  runtime is torn down aborts the process ("terminate called without an active exception", status 134).
 """
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import hashlib
 import json
 import os
@@ -97,8 +102,11 @@ def _stamp(path: Path) -> tuple[int, int]:
 @st.cache_resource(show_spinner="Reading the screen…", max_entries=8)
 def _load_screen(path: str, stamp: tuple[int, int], options: tuple[tuple[str, str], ...]):
     from lcd_core.data import read_screen
+    from lcd_core.data._validate import check_signal
 
-    return read_screen(path, **dict(options))
+    screen = read_screen(path, **dict(options))
+    check_signal(screen)  # a screen without signal is refused (an LCDError), so the previous one stays in use
+    return screen
 
 
 def load_screen(path: str | Path, options: dict | None = None):
@@ -226,10 +234,51 @@ class Job:
         return self.done.wait(timeout)
 
 
+class _Shutdown(BaseException):
+    """Raised inside a job's thread when the interpreter exits (a BaseException, so that no ``except
+    Exception`` of the engine swallows it)."""
+
+
+#: set once the interpreter is exiting: queued jobs do not start, running ones are stopped
+_STOPPING = threading.Event()
+#: the job threads ever started in this process (finished ones are dropped as they end)
+_WORKERS: set[threading.Thread] = set()
+_WORKERS_LOCK = threading.Lock()
+
+
+def stop_jobs(timeout: float = 30.0) -> list[str]:
+    """Stop the background job threads and wait for them; run at interpreter exit.
+
+    Job code is the engine's (torch, numpy): it cannot be asked to stop, so each worker gets a
+    :class:`_Shutdown` exception raised asynchronously, which Python delivers at the worker's next
+    bytecode, i.e. as soon as the current torch / numpy call returns (sent again until the thread ends,
+    in case it lands where it is caught). Queued jobs see :data:`_STOPPING` and never start.
+
+    Returns
+    -------
+    Names of the threads still alive after ``timeout`` seconds (a single C call that long).
+    """
+    _STOPPING.set()
+    me = threading.current_thread()
+    deadline = time.monotonic() + timeout
+    while True:
+        with _WORKERS_LOCK:
+            alive = [t for t in _WORKERS if t.is_alive() and t is not me]
+        if not alive or time.monotonic() >= deadline:
+            return [t.name for t in alive]
+        for t in alive:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident), ctypes.py_object(_Shutdown))
+        for t in alive:
+            t.join(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+atexit.register(stop_jobs)
+
+
 class Jobs:
     """Background work shared by all sessions, keyed by what it computes (so two sessions asking the same
     question share one job, and different questions never see each other's results). Workers are daemon
-    threads: they never call ``st.*`` and never block interpreter exit."""
+    threads that never call ``st.*``; :func:`stop_jobs` stops them when the interpreter exits."""
 
     def __init__(self, max_results: int = 64):
         self._lock = threading.Lock()
@@ -255,16 +304,25 @@ class Jobs:
 
         def work():
             try:
-                if after is not None:
-                    after.wait(None)
+                # waits in slices: an exception raised asynchronously (stop_jobs) is not seen inside a wait
+                while after is not None and not after.wait(0.2):
+                    if _STOPPING.is_set():
+                        raise _Shutdown
+                if _STOPPING.is_set():
+                    raise _Shutdown
                 job.result = fn()
             except BaseException as e:  # noqa: BLE001 - reported to the page, never raised in the worker
                 job.error = e
             finally:
                 job.finished = time.time()
                 job.done.set()
+                with _WORKERS_LOCK:
+                    _WORKERS.discard(threading.current_thread())
 
-        threading.Thread(target=work, name=f"lcd-job-{label}", daemon=True).start()
+        thread = threading.Thread(target=work, name=f"lcd-job-{label}", daemon=True)
+        with _WORKERS_LOCK:
+            _WORKERS.add(thread)
+        thread.start()
         return job
 
     def get(self, key: tuple) -> Job | None:

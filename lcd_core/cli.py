@@ -112,9 +112,12 @@ def _follow_run(kwargs: dict, run: str) -> dict:
 
 def cmd_inspect(args: argparse.Namespace) -> None:
     from .data import read_screen
+    from .data._validate import check_signal, signal_problems
 
     screen = read_screen(args.screen, backed=args.backed, **_screen_kwargs(args))
+    screen.problems += signal_problems(screen)  # listed with the rest, then refused (non-zero exit)
     print(screen.format_summary())
+    check_signal(screen)
 
 
 def _backend(args: argparse.Namespace):
@@ -173,6 +176,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         print(json.dumps(config.to_dict(), indent=2))
         return
+    from .data import read_screen
+    from .data._validate import check_signal
+
+    # refused here, before a process or a Ray job starts (backed: the values stay on disk)
+    check_signal(read_screen(args.screen, backed=True, **_screen_kwargs(args)))
     bar = _ProgressBar(args.quiet)
     max_s = args.max_minutes * 60 if args.max_minutes else None
     with _backend(args) as backend:

@@ -331,20 +331,49 @@ def test_ray_sigint_to_client_stops_remote_work(ray_backend, screen_path, tmp_pa
 @ray_only
 def test_ray_unreachable_address_fails_fast():
     import http.server
+    import socket
     import threading
 
     pytest.importorskip("ray")
     web = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # open, but not Ray
     threading.Thread(target=web.serve_forever, daemon=True).start()
+    # loopback stand-ins for hosts that never answer (tests talk to 127.0.0.0/8 only):
+    # `silent` accepts connections and never sends a byte (a hung server, a black-holing proxy);
+    # `full` listens with its accept queue filled and never accepts, so the kernel drops further SYNs and a
+    # connect hangs until its timeout, as it does towards an unroutable address
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def hold_silently():
+        while True:
+            try:
+                held.append(silent.accept()[0])
+            except OSError:  # closed at the end of the test
+                return
+
+    threading.Thread(target=hold_silently, daemon=True).start()
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    filler = socket.create_connection(full.getsockname())  # the one slot of the queue
+    with socket.socket() as extra:  # the queue is full: a further connect does time out
+        extra.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            extra.connect(full.getsockname())
     try:
-        # closed port; a Ray Client address on a closed port; a web server; TEST-NET-3 (unroutable)
-        for address in ("127.0.0.1:1", "ray://127.0.0.1:1", f"127.0.0.1:{web.server_port}", "203.0.113.1:6379"):
+        # closed port; a Ray Client address on a closed port; a web server; a server that never replies;
+        # a port whose connects hang
+        for address in ("127.0.0.1:1", "ray://127.0.0.1:1", f"127.0.0.1:{web.server_port}",
+                        f"127.0.0.1:{silent.getsockname()[1]}", f"ray://127.0.0.1:{silent.getsockname()[1]}",
+                        f"127.0.0.1:{full.getsockname()[1]}"):
             t0 = time.monotonic()
             with pytest.raises(BackendUnavailable, match="no Ray cluster answers"):
                 get_backend("ray", address=address)
             assert time.monotonic() - t0 < 10, address
     finally:
         web.shutdown()
+        for s in (*held, filler, full, silent):
+            s.close()
 
 
 @ray_only

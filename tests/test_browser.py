@@ -36,6 +36,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _serve(env: dict, log_path: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`streamlit run app.py` on a free loopback port; returns the process and its URL once healthy."""
+    port = _free_port()
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
+         "127.0.0.1", "--server.headless", "true", *extra],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()  # the child holds its own copy
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 120:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    pytest.fail("streamlit did not start: " + log_path.read_text()[-2000:])
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if not Path(CHROMIUM).exists():
@@ -53,30 +74,13 @@ def server(tmp_path_factory):
         run = tmp / "demo_run"
         train(read_screen(demo_screen_path()), run, config=tiny_config(), device="cpu")
         env["LCD_APP_DEMO_RUN"] = str(run)
-    port = _free_port()
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
-         "127.0.0.1", "--server.headless", "true", "--server.maxUploadSize", str(UPLOAD_LIMIT_MB)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 120:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start: " + (tmp / "server.log").read_text()[-2000:])
+    proc, url = _serve(env, tmp / "server.log", "--server.maxUploadSize", str(UPLOAD_LIMIT_MB))
     yield {"url": url, "tmp": tmp}
     proc.terminate()
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +221,28 @@ def test_five_browser_sessions_see_their_own_perturbation(server, browser_ctx):
     assert len(set(chosen)) == 5
     for p in pages:
         p.close()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_server_stops_cleanly_while_a_job_runs(browser_ctx, tmp_path, sig):
+    """The server's SIGTERM / SIGINT while the Benchmark page's evaluation runs in a job thread: the
+    server exits 0 (without stopping the job first it aborted: "terminate called without an active
+    exception", status 134)."""
+    import signal
+
+    if not (ROOT / "assets" / "demo_run" / "COMPLETE").exists() and "LCD_APP_DEMO_RUN" not in os.environ:
+        pytest.skip("needs the shipped demo run (a model for the Benchmark page)")
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", LCD_APP_RUNS=str(tmp_path / "runs"))
+    proc, url = _serve(env, tmp_path / "server.log")
+    page = browser_ctx.new_page()
+    try:
+        page.goto(f"{url}/Benchmark", timeout=120_000)
+        page.get_by_text("working in the background").first.wait_for(timeout=SLOW)
+        os.kill(proc.pid, getattr(signal, sig))
+        rc = proc.wait(60)
+    finally:
+        page.close()
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "server.log").read_text()
+    assert rc == 0 and "terminate called" not in log, (rc, log[-2000:])

@@ -188,6 +188,10 @@ def test_clipr_and_modules_on_the_shipped_demo_run(tmp_path):
     eff = pd.read_csv(tmp_path / "effects.csv", comment="#")
     assert list(eff.columns) == ["source", "target", "effect"] and len(eff) > 0
     assert '"variant": "directed"' in (tmp_path / "effects.csv").read_text().splitlines()[0]
+    # the paper variant on the default schedule: the flows ran it whole, nothing to warn about (the cached
+    # result carries its warnings: only the rank note of 49 perturbed genes in 144)
+    paper = run("clipr", tmp_path / "run", "--variant", "paper", "--out", tmp_path / "paper.csv")
+    assert "converged" not in paper.stderr and "span only 49" in paper.stderr, paper.stderr
     # Σ and limit responses from the drift's fixed points and generated control cells (METHOD §4)
     run("clipr", tmp_path / "run", "--source", "fixed_points", "--out", tmp_path / "fp.csv")
     fp = pd.read_csv(tmp_path / "fp.csv", comment="#")
@@ -217,3 +221,19 @@ def test_clipr_and_modules_on_the_shipped_demo_run(tmp_path):
     bad = run("modules", tmp_path / "run", "--resolution", "0", "--out", tmp_path / "x.tsv", check=False)
     assert_one_line_error(bad, "resolution")
     assert not (tmp_path / "x.tsv").exists()
+
+
+@pytest.mark.parametrize("case", ["all_zero", "zero_condition", "constant_genes"])
+def test_screens_without_signal_are_refused(tmp_path, case):
+    """`lcd inspect` lists the problem and exits non-zero; `lcd train` refuses with one line and starts
+    nothing (the three no-signal screens of tests/test_data_bad_input.py, written with anndata)."""
+    from test_data_bad_input import NO_SIGNAL, _no_signal
+
+    path = tmp_path / f"{case}.h5ad"
+    _no_signal(case).write_h5ad(path)
+    proc = run("inspect", path, check=False)
+    assert_one_line_error(proc, "lcd inspect", "no signal", NO_SIGNAL[case])
+    assert "problems (1):" in proc.stdout and NO_SIGNAL[case] in proc.stdout
+    proc = run("train", path, "--out", tmp_path / "run", *TINY, check=False)
+    assert_one_line_error(proc, "lcd train", "no signal", NO_SIGNAL[case])
+    assert not (tmp_path / "run").exists()

@@ -223,3 +223,66 @@ def test_gene_key_missing():
     with pytest.raises(ScreenContentError) as e:
         screen_from_anndata(make_adata(), gene_key="gene_symbols")
     assert "'gene_symbols' is not in var" in one_line(e)
+
+
+# -- screens without signal: read (so `lcd inspect` can show them), then listed and refused ---------------
+def _no_signal(case: str, *, normalised: bool = False) -> ad.AnnData:
+    """make_adata with one kind of missing signal; ``normalised``: the values are log-normalised (no
+    counts anywhere), so "zero" means zero values in ``.X``."""
+    a = make_adata()
+    x = a.X.toarray()
+    if normalised:
+        x = np.log1p(x / np.maximum(x.sum(1, keepdims=True), 1) * 1e4)
+    if case == "all_zero":
+        x[:] = 0
+    elif case == "zero_condition":
+        x[np.asarray(a.obs[KEYS.PERT] == "B")] = 0
+    elif case == "constant_genes":
+        x[:] = np.array([2.0, 0.0, 5.0, 1.0])  # every gene one value in every cell
+    a.X = sp.csr_matrix(x)
+    return a
+
+
+NO_SIGNAL = {"all_zero": "every value in .X is zero", "zero_condition": "B (4 cells)",
+             "constant_genes": "every gene is constant"}
+
+
+@pytest.mark.parametrize("normalised", [False, True], ids=["counts", "log-normalised"])
+@pytest.mark.parametrize("case", list(NO_SIGNAL))
+@pytest.mark.parametrize("backed", [False, True], ids=["memory", "backed"])
+def test_screens_without_signal_are_refused(tmp_path, case, normalised, backed):
+    from lcd_core.data._validate import check_signal, signal_problems
+
+    path = tmp_path / f"{case}.h5ad"
+    _no_signal(case, normalised=normalised).write_h5ad(path)
+    screen = read_screen(path, backed=backed)
+    # all zero, or one value per gene, is whole numbers, read as counts either way; a zero condition among
+    # log-normalised values exercises the no-counts path (zero values in .X)
+    assert screen.is_counts is not (normalised and case == "zero_condition")
+    problems = signal_problems(screen)
+    assert len(problems) == 1 and NO_SIGNAL[case] in problems[0], problems
+    with pytest.raises(ScreenContentError) as e:
+        check_signal(screen)
+    assert "no signal" in one_line(e) and NO_SIGNAL[case] in one_line(e)
+
+
+@pytest.mark.parametrize("backed", [False, True], ids=["memory", "backed"])
+def test_screens_with_signal_pass_the_signal_check(tmp_path, backed):
+    """Some all-zero cells (not a whole condition) and some constant genes are normal."""
+    from lcd_core.data._validate import check_signal, signal_problems
+
+    a = make_adata()
+    x = a.X.toarray()
+    x[[0, 7, 11]] = 0  # a control cell, an A cell and a B cell
+    x[:, 1] = 0  # an unexpressed gene
+    x[:, 2] = 3  # a gene at one value
+    a.X = sp.csr_matrix(x)
+    a.write_h5ad(tmp_path / "ok.h5ad")
+    screen = read_screen(tmp_path / "ok.h5ad", backed=backed)
+    assert signal_problems(screen) == []
+    check_signal(screen)
+    # the counts layer is what is checked, not .X
+    a.layers[KEYS.COUNTS] = sp.csr_matrix(np.zeros(a.shape, dtype=np.float32))
+    a.write_h5ad(tmp_path / "zero_layer.h5ad")
+    problems = signal_problems(read_screen(tmp_path / "zero_layer.h5ad", backed=backed))
+    assert len(problems) == 1 and f"every value in layers['{KEYS.COUNTS}'] is zero" in problems[0]

@@ -69,3 +69,43 @@ def test_cli_writes_report_and_cell_eval_files(run, tmp_path):
     assert list(pred.var_names) == list(obs.var_names) == screen.genes
     assert set(pred.obs["perturbation"]) == set(obs.obs["perturbation"]) == {"ctrl", "G00+G01"}
     assert np.isfinite(pred.X).all()
+
+
+def _cell_eval() -> str | None:
+    """The cell-eval executable: $CELL_EVAL (e.g. one in its own venv), else on PATH."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    exe = os.environ.get("CELL_EVAL") or shutil.which("cell-eval")
+    return exe if exe and Path(exe).is_file() else None
+
+
+@pytest.mark.slow
+def test_readme_cell_eval_command_scores_the_evaluate_files(tmp_path):
+    """The README's cell-eval command, verbatim, on what `lcd evaluate` writes for the shipped demo run
+    (checked with cell-eval 0.8.2; ~2 min of CPU). Skipped unless cell-eval is installed (CELL_EVAL=path or
+    on PATH): it is not a dependency."""
+    import os
+    import re
+    import shlex
+    from pathlib import Path
+
+    exe = _cell_eval()
+    if exe is None:
+        pytest.skip("cell-eval not installed (pip install cell-eval in its own venv; CELL_EVAL=/path/to/cell-eval)")
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    cmd = re.search(r"```bash\n(cell-eval run [^\n]+)\n```", readme).group(1)
+    report = tmp_path / "report"
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE",
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    subprocess.run([sys.executable, "-m", "lcd_core.cli", "evaluate", str(root / "assets" / "demo_run"), "--data",
+                    str(root / "assets" / "demo_screen.h5ad"), "--out", str(report)], check=True, env=env, timeout=900)
+    args = [a.replace("report/", f"{report}/") for a in shlex.split(cmd)[1:]]
+    proc = subprocess.run([exe, *args, "-o", str(tmp_path / "cell-eval")], capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scored = pd.read_csv(tmp_path / "cell-eval" / "results.csv")
+    heldout = set(pd.read_csv(report / "per_condition.csv")["condition"])
+    assert set(scored["perturbation"]) == heldout and scored.drop(columns="perturbation").notna().any(axis=None)

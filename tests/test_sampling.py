@@ -133,7 +133,10 @@ def test_without_recentring_the_ode_cannot_reach_a_distant_condition(screen, sde
     assert (good.mean(0) - screen.mean(far)[0]).norm() < 0.3
     x0 = sde.prior_sampling((500, D), torch.Generator().manual_seed(0), scale=1.0)
     bad = edm_sampler(screen.score, sde, x0, far, n_evals=20, n_recentre=0, generator=torch.Generator().manual_seed(0))
-    assert torch.cov(bad.T).trace() > 1.5 * screen.cov.trace() or (bad.mean(0) - screen.mean(far)[0]).norm() > 0.3
+    # without it the flow never gets there: its mean stays ~3.6 units short (10× the tolerance above) and
+    # its spread collapses to a third of the condition's (measured 3.56–3.59 and 0.32–0.33, seeds 0–4)
+    assert (bad.mean(0) - screen.mean(far)[0]).norm() > 3.0
+    assert torch.cov(bad.T).trace() < 0.5 * screen.cov.trace()
 
 
 class Mixture:

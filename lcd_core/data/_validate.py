@@ -11,7 +11,10 @@ Policy (decided here, documented in :func:`lcd_core.data.read_screen`):
 - non-integer values in ``.X`` with no counts layer → accepted, flagged (log-normalised file);
 - target genes not measured → a warning in ``Screen.problems`` (CRISPRa targets may be unmeasured),
   an error with ``strict=True``;
-- conditions below ``min_cells`` → error naming them, or dropped with ``drop_small=True``.
+- conditions below ``min_cells`` → error naming them, or dropped with ``drop_small=True``;
+- no signal (every value zero, a condition whose cells are all zero, every gene constant) → listed by
+  :func:`signal_problems`, refused by :func:`check_signal` where a screen is used for training or opened
+  in the app (``read_screen`` itself still returns it, so ``lcd inspect`` can show what it holds).
 """
 
 from __future__ import annotations
@@ -363,3 +366,92 @@ def check_min_cells(n_cells: pd.Series, *, min_cells: int, drop_small: bool) -> 
             "to drop them (CLI: --drop-small) or lower min_cells"
         )
     return list(small.index), [f"dropped {len(small)} condition(s) with fewer than {min_cells} cells: {listing}"]
+
+
+# --------------------------------------------------------------------------------------------- signal
+
+
+def _row_blocks(m: Any) -> Iterator[Any]:
+    """``m`` in blocks of consecutive cells (dense arrays or scipy sparse), ~``_CHUNK`` entries each;
+    works on in-memory and backed matrices alike."""
+    n, d = m.shape
+    step = max(1, _CHUNK // max(d, 1))
+    for i in range(0, n, step):
+        block = m[i : i + step]
+        yield block if sp.issparse(block) else np.asarray(block)
+
+
+def _dense(x: Any) -> np.ndarray:
+    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64).ravel()
+
+
+def signal_problems(screen: Any) -> list[str]:
+    """Why a screen carries no signal to learn from: one line each, ``[]`` when it has some.
+
+    Checked on the values the screen is modelled from: the raw counts, or ``.X`` of a log-normalised
+    file (where "zero" means zero values in ``.X``). Three cases, each one line:
+
+    - every value is zero (reported alone: it implies the other two);
+    - every cell of some condition is all zero (those conditions are named);
+    - every gene is constant across all cells (nothing varies, so there is nothing to fit).
+
+    A few zero cells, or some constant genes among varying ones, are normal and not reported.
+    Chunked like the other checks, so backed (on-disk) screens are not densified.
+
+    Parameters
+    ----------
+    screen
+        A :class:`~lcd_core.data.Screen`.
+    """
+    where = screen._counts_where or "X"
+    m = screen.adata.X if where == "X" else screen.adata.layers[where]
+    label = ".X" if where == "X" else f"layers[{where!r}]"
+    n, d = (int(s) for s in m.shape)
+    row_abs = np.empty(n, dtype=np.float64)  # per cell: sum of |value| (zero iff the cell is all zero)
+    gmin = np.full(d, np.inf)
+    gmax = np.full(d, -np.inf)
+    start = 0
+    for block in _row_blocks(m):
+        k = block.shape[0]
+        if sp.issparse(block):  # min / max of a sparse block count its implicit zeros
+            row_abs[start : start + k] = np.asarray(abs(block).sum(axis=1), dtype=np.float64).ravel()
+            gmin = np.minimum(gmin, _dense(block.min(axis=0)))
+            gmax = np.maximum(gmax, _dense(block.max(axis=0)))
+        else:
+            row_abs[start : start + k] = np.abs(block).sum(axis=1, dtype=np.float64)
+            gmin = np.minimum(gmin, block.min(axis=0))
+            gmax = np.maximum(gmax, block.max(axis=0))
+        start += k
+    if not (row_abs > 0).any():
+        return [f"every value in {label} is zero ({n:,} cells x {d:,} genes): the screen carries no expression "
+                "signal; check that the file holds the expression (the counts layer, layer=) and was not blanked "
+                "on export"]
+    problems = []
+    labels = pd.Categorical(screen.adata.obs[KEYS.PERT])
+    n_cells = np.bincount(labels.codes, minlength=len(labels.categories))
+    n_live = np.bincount(labels.codes, weights=row_abs > 0, minlength=len(labels.categories))
+    dead = [(str(c), int(n_cells[i])) for i, c in enumerate(labels.categories) if n_cells[i] and not n_live[i]]
+    if dead:
+        listing = ", ".join(f"{c} ({k} cells)" for c, k in dead[:10]) + (", ..." if len(dead) > 10 else "")
+        problems.append(f"{len(dead)} condition(s) have only zero values in every cell ({listing}): they carry no "
+                        f"signal; drop those cells or fix the export that blanked them")
+    if np.array_equal(gmin, gmax):
+        shown = ", ".join(f"{screen.adata.var_names[j]} = {gmin[j]:g}" for j in range(min(d, 3)))
+        problems.append(f"every gene is constant across all cells ({d:,} genes; {shown}{', ...' if d > 3 else ''}): "
+                        "there is no variation to learn; check that the right layer was read (layer=)")
+    return problems
+
+
+def check_signal(screen: Any) -> None:
+    """Refuse a screen without signal (:func:`signal_problems`) with one line; what ``lcd train``, the
+    app's upload and ``lcd inspect`` (after listing the problems) call.
+
+    Raises
+    ------
+    ScreenContentError
+        The first problem found (and how many more there are).
+    """
+    problems = signal_problems(screen)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s): see lcd inspect)" if len(problems) > 1 else ""
+        raise ScreenContentError(f"the screen carries no signal to learn from: {problems[0]}{more}")

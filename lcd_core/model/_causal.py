@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from .._constants import KEYS
 from ..data._conventions import targets_of
 from ..errors import ConfigError, RunError
 from ..tl import CliprResult, clipr_directed_from_data, clipr_from_drift, limit_responses
+from ..tl._fixed_points import convergence_warning
 from ._lcd import LCD
 from ._run import RunDir, atomic_write_bytes
 
@@ -106,7 +108,7 @@ def get_clipr(model: LCD, *, variant: str = "paper", lam: float | None = None, s
     if variant == "paper":
         p = {k: v for k, v in params.items() if k not in ("variant", "seed")}
         result = clipr_from_drift(model.score_fn_for(labels), model.net.sde.sigmas.cpu().numpy(), model.mu,
-                                  model.sd, target_index, device=model.device, **p)
+                                  model.sd, target_index, device=model.device, names=labels, **p)
     else:
         result = _directed(model, labels, target_index, params, predict, screen)
     result.params.update(params)
@@ -142,6 +144,10 @@ def _directed(model: LCD, labels, target_index, params: dict, predict, screen) -
         ctrl = predict([KEYS.CONTROL], n_ctrl, seed).latent[KEYS.CONTROL].astype(np.float64)
         result = clipr_directed_from_data(None, target_index, means=L, Sigma=np.cov(ctrl, rowvar=False), **extra)
         result.info["fixed_points"] = fp_info
+        note = convergence_warning(fp_info, labels)
+        if note:  # the limit responses are this source's means: the same warning as the paper variant's
+            result.warnings.append(note)
+            warnings.warn(note, stacklevel=3)
         return result
     pred = predict(labels, n_cells, seed)
     return clipr_directed_from_data([pred.latent[lbl].astype(np.float64) for lbl in labels], target_index, **extra)

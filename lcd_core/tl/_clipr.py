@@ -11,7 +11,7 @@ import scipy.linalg as sla
 import torch
 
 from ..errors import ConfigError, LCDError, RunError
-from ._fixed_points import ScoreFn, fixed_points
+from ._fixed_points import ScoreFn, convergence_warning, fixed_points
 
 #: METHOD §4 notes: evaluating v_q at a moderate level (σ ≈ 0.17) beat σ_min, where the network
 #: extrapolates badly far from the data
@@ -193,6 +193,7 @@ def clipr_from_drift(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
+    names: Sequence[str] | None = None,
 ) -> CliprResult:
     """CLIPR of a learned drift: initial and limit responses, then the ridge solve (METHOD §4).
 
@@ -219,6 +220,9 @@ def clipr_from_drift(
         the paper uses σ_min = ``sigmas[-1]``).
     schedule, tol, max_steps, batch_size, dtype, device
         Passed to :func:`fixed_points`; flows start from ``x_init`` (default the control mean, x = 0).
+    names
+        ``(K+1,)`` condition names for messages (``ctrl`` and the target genes' symbols); default
+        ``ctrl``, ``gene <index>``.
 
     Returns
     -------
@@ -246,7 +250,9 @@ def clipr_from_drift(
         ref_sigma = float(sig[np.argmin(np.abs(np.log(sig / _MODERATE_SIGMA)))])
     n = len(tidx)
     conds = torch.arange(n)
-    names = ["ctrl"] + [f"gene {t}" for t in tidx[1:]]
+    names = list(names) if names is not None else ["ctrl"] + [f"gene {t}" for t in tidx[1:]]
+    if len(names) != len(tidx):
+        raise ConfigError(f"`names` has {len(names)} entries for {len(tidx)} conditions.")
     L, fp_info = limit_responses(score_fn, sig, mu, sd, n, schedule=schedule, tol=tol, max_steps=max_steps,
                                  x_init=x_init, dtype=dtype, device=device, batch_size=batch_size, names=names)
 
@@ -261,9 +267,9 @@ def clipr_from_drift(
 
     A_hat, b_hat, c_hat, info = clipr_paper(V, L, lam, ref=None if ref_point == "origin" else s0)
     msgs = list(info.pop("warnings"))
-    if fp_info["tol"] > 0 and not fp_info["converged"].all():
-        bad = [names[i] for i in np.flatnonzero(~fp_info["converged"])]
-        msgs.append(f"Fixed-point flow not converged (tol {fp_info['tol']:g}) for: {', '.join(bad[:10])}.")
+    note = convergence_warning(fp_info, names)
+    if note:
+        msgs.append(note)
     for m in msgs:
         warnings.warn(m, stacklevel=2)
     params = {
