@@ -1,0 +1,41 @@
+"""The auto preset: sized to the screen's genes on a CPU, the standard preset on a GPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lcd_core import ConfigError
+from lcd_core.model import get_preset
+from lcd_core.model._presets import auto_preset
+
+
+def test_auto_on_a_cpu_is_the_demo_preset_with_steps_sized_to_the_genes():
+    small, real, wide = (auto_preset(g, 30) for g in (144, 500, 5000))
+    demo = get_preset("demo")
+    assert small.preset == "auto" and small.stage2.hidden == demo.stage2.hidden
+    assert small.stage2.steps == 5000  # the demo screen keeps the demo preset's measured budget
+    assert 2000 <= real.stage2.steps < 5000  # a 500-gene screen: fewer steps of a costlier network
+    assert wide.stage2.steps == 2000  # the floor
+    assert auto_preset(500, 3).stage1.conditions_per_step == 3
+
+
+def test_auto_on_a_gpu_is_the_standard_preset():
+    cfg = auto_preset(1000, 150, device="cuda:0", seed=4)
+    assert cfg.preset == "auto" and cfg.stage2.steps == get_preset("standard").stage2.steps
+    assert cfg.seed == cfg.stage1.seed == cfg.stage2.seed == 4
+
+
+def test_auto_needs_the_screen():
+    with pytest.raises(ConfigError, match="sized to a screen"):
+        get_preset("auto")
+
+
+def test_lcd_train_defaults_to_auto(tiny_h5ad, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "lcd_core.cli", "train", str(tiny_h5ad), "--out", str(tmp_path / "r"),
+                          "--dry-run", "--device", "cpu"], capture_output=True, text=True, check=True)
+    cfg = json.loads(out.stdout)
+    assert cfg["preset"] == "auto" and cfg["stage2"]["steps"] == 5000
