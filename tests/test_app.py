@@ -45,7 +45,9 @@ def app_env(tmp_path_factory):
     cfg = tiny_config()
     cfg.min_cells = 10
     train(read_screen(screen_path), run, config=cfg, device="cpu")
+    # the tiny run stands in for the demo run; the shipped real run is left out (tests/test_app_real.py)
     env = {"LCD_APP_DEMO_SCREEN": str(screen_path), "LCD_APP_DEMO_RUN": str(run),
+           "LCD_APP_REAL_RUN": str(d / "no-real-run"),
            "LCD_APP_RUNS": str(d / "runs"), "LCD_APP_EMBEDDING": "pca"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

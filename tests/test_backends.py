@@ -59,7 +59,8 @@ def local_run(screen_path, tmp_path_factory):
 def test_local_backend_train_predict_clipr(local_run):
     out, events = local_run
     assert RunDir(out).is_complete()
-    assert {e[0] for e in events} == {"stage1", "stage2"} and events[-1][1] == events[-1][2]
+    # the two training stages, then the fit check of the finished run (fit.json)
+    assert {e[0] for e in events} == {"stage1", "stage2", "fit"} and events[-1][1] == events[-1][2]
     b = get_backend("local")
     pred = b.predict(out, ["G00+G01", "ctrl"], 50, seed=0)
     assert {k: v.shape for k, v in pred.cells.items()} == {"G00+G01": (50, 12), "ctrl": (50, 12)}
@@ -250,7 +251,7 @@ def test_ray_train_folds_matches_local(ray_backend, tmp_path):
         assert set(rt.loc[rt.fold == f, "condition"]) == set(protocol["folds"][f])
     assert set(rt.fold) == set(folds) and set(rt.method) == set(lt.method) and "lcd" in set(rt.method)
     # progress streamed back per fold, the same records as the local backend (there: one fold after the other)
-    assert {e[0] for e in events["ray"]} == {f"fold{f}/{s}" for f in folds for s in ("stage1", "stage2")}
+    assert {e[0] for e in events["ray"]} == {f"fold{f}/{s}" for f in folds for s in ("stage1", "stage2", "fit")}
     assert sorted(e[:3] for e in events["ray"]) == sorted(e[:3] for e in events["local"])
     # the same fold runs as a local training ...
     for f in folds:
