@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from test_app import settle
 
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = streamlit_testing.AppTest
@@ -29,14 +29,6 @@ def real_env(tmp_path_factory):
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-def settle(at: AppTest, timeout: float = 90.0) -> AppTest:
-    t0 = time.monotonic()
-    while any("working in the background" in i.value for i in at.info) and time.monotonic() - t0 < timeout:
-        time.sleep(0.3)
-        at.run()
-    return at
-
-
 def open_real(page: str | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=90)
     at.run()
@@ -44,7 +36,7 @@ def open_real(page: str | None = None) -> AppTest:
     if page:
         at.switch_page(page)
         at.run()
-    return settle(at)
+    return settle(at, 90.0)
 
 
 def test_home_offers_the_real_screen_with_its_shipped_run(real_env):
@@ -66,7 +58,7 @@ def test_perturb_anchored_switch_changes_the_cells_of_a_held_out_double(real_env
 
     raw = shown_cells()
     at.toggle(key="pert_anchored").set_value(True).run()
-    settle(at)
+    settle(at, 90.0)
     assert not at.exception, [e.message for e in at.exception]
     anchored = shown_cells()
     assert raw and anchored and raw[0].proto.spec != anchored[0].proto.spec
