@@ -13,8 +13,8 @@ usual and decoded with
     log ρ_T = log ρ_ctrl + Σ_{j ∈ T, j a trained single} (log ρ_j − log ρ_ctrl),
 
 so its singles' means are the measured ones (as far as the count model reaches them: a gene detected in more
-cells than its dropout π_g lets through cannot be raised to its measured mean) and everything else — the cell-to-cell distribution and how a
-combination departs from its singles — stays LCD's. A gene never perturbed alone gets the control's factor only.
+cells than its dropout π_g lets through cannot be raised to its measured mean) and everything else — the
+cell-to-cell distribution and how a combination departs from its singles — stays LCD's. A gene never perturbed alone gets the control's factor only.
 Only runs with a count model are anchored (the factor acts on the Poisson rate, so cells stay counts).
 """
 
@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from .._constants import KEYS, NORM_TARGET_SUM
 from ..data._conventions import targets_of
 from ..errors import ConfigError, RunError
+from ..pp import normalize_log1p
 
 #: run-directory file holding the factors (safetensors; the labels and settings in its metadata)
 ANCHORS_FILE = "anchors.safetensors"
@@ -132,7 +133,7 @@ def fit_anchors(model, observed: dict[str, np.ndarray], *, n_cells: int = 1000, 
             effective = rate * scale * keep  # Poisson rate of each (cell, gene) after the dropout draw
             counts = torch.poisson(effective, generator=gen).double().cpu().numpy()
             per_count = NORM_TARGET_SUM / np.maximum(counts.sum(1, keepdims=True), 1.0)
-            cells = np.log1p(per_count * counts)
+            cells = np.asarray(normalize_log1p(counts), dtype=np.float64)
             # Newton's slope, exact for a Poisson count (d E f(Y) / d λ = E[f(Y + 1) − f(Y)]): for a sparse gene it
             # is set by zeros turning into counts, which the slope of a continuous value misses; times
             # (1 − share), since a gene that makes up much of the library moves its own normaliser
