@@ -199,7 +199,7 @@ def test_every_page_in_a_real_browser(server, browser_ctx):
         # Benchmark evaluates every held-out double with six methods in a background job: minutes on a loaded CPU
         page.get_by_text(marker, exact=False).first.wait_for(timeout=SLOW)
         if title != "Train":
-            page.locator('[data-testid="stPlotlyChart"]').first.wait_for()
+            page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=SLOW)
         no_exception(page)
         shot(page, url.lower())
     page.close()
