@@ -3,6 +3,9 @@
 Every check works on sparse, dense and backed (on-disk) matrices in chunks, so a 100k-cell x 30k-gene
 file is checked without ever densifying it.
 
+(Over 400 lines on purpose: every refusal policy of a screen lives here, so one file answers "why was my
+file refused?".)
+
 Policy (decided here, documented in :func:`lcd_core.data.read_screen`):
 
 - file not found / empty / not HDF5 / truncated or corrupt → :class:`ScreenFormatError`;

@@ -1,6 +1,8 @@
 """[ours] A nonlinear count-screen generator (METHOD.md §8): genes in functional modules, saturating
 regulation and AND-like gates, perturbations as additive shifts of the target's drift, so combinations
 are not additive in the cells' states although they are additive in the perturbation.
+(Over 400 lines on purpose: the drift, its parameters' sampling and its integration are one generator and
+are read together.)
 
 The drift of gene i in condition q (target set T) is
 
