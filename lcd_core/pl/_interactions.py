@@ -69,7 +69,7 @@ def gi_map(scores: pd.DataFrame, *, source: str = "observed", title: str | None 
     mag = df["magnitude"].to_numpy(dtype=float)
     span = float(max(np.abs(mag - _ADDITIVE_MAGNITUDE).max(), 0.5))
     fig = go.Figure()
-    for cls, rows in df.groupby("class", sort=False):
+    for i, (cls, rows) in enumerate(df.groupby("class", sort=False)):
         hover = [f"{r.double}<br>class {r['class']} ({r.classes})<br>magnitude {r.magnitude:.2f}"
                  f"<br>c_a {r.c_a:.2f}, c_b {r.c_b:.2f}<br>dcor {r.dcor:.2f}, fit_dcor {r.fit_dcor:.2f}"
                  f"<br>dominance {r.dominance:.2f}" for _, r in rows.iterrows()]
@@ -80,7 +80,7 @@ def gi_map(scores: pd.DataFrame, *, source: str = "observed", title: str | None 
             marker=dict(size=14, symbol=_CLASS_SYMBOLS.get(str(cls), "circle"), line=dict(width=1, color="black"),
                         color=np.tile(rows["magnitude"].to_numpy(dtype=float), 2), colorscale="RdBu_r",
                         cmin=_ADDITIVE_MAGNITUDE - span, cmax=_ADDITIVE_MAGNITUDE + span,
-                        colorbar=dict(title="magnitude", x=1.02), showscale=True)))
+                        colorbar=dict(title="magnitude", x=1.02), showscale=i == 0)))
     fig.update_xaxes(categoryorder="array", categoryarray=genes, title="gene a")
     fig.update_yaxes(categoryorder="array", categoryarray=genes, title="gene b")
     fig.update_layout(title=title, height=max(360, 24 * len(genes) + 120), legend=dict(orientation="h", y=-0.25),
