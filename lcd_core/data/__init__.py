@@ -9,6 +9,7 @@
   file's own convention.
 - :func:`find_contexts` / :func:`subset_screen`: obs columns that split the cells into cell lines,
   cell types, datasets or batches, and selecting one.
+- :func:`supported_pages`: which pages a screen supports before training, and why.
 """
 
 from ._conventions import CONVENTIONS, Convention, canonical_label, detect_convention
@@ -16,6 +17,7 @@ from ._contexts import Context, check_pooling, contexts_in_file, find_contexts, 
 from ._io import read_screen, screen_from_anndata, write_screen
 from ._recovery import CountRecovery, file_space_record, recover_counts, to_file_space
 from ._screen import Screen
+from ._support import PageSupport, SupportReport, supported_pages
 
 __all__ = [
     "Screen",
@@ -35,4 +37,7 @@ __all__ = [
     "subset_screen",
     "contexts_in_file",
     "check_pooling",
+    "supported_pages",
+    "SupportReport",
+    "PageSupport",
 ]

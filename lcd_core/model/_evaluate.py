@@ -269,27 +269,65 @@ def evaluate_folds(run: str | Path, screen: Screen, *, n_cells: int = 500, seed:
     return pd.concat(tables, ignore_index=True)
 
 
-def cell_eval_files(model: LCD, screen: Screen, predictions: dict[str, np.ndarray], out: str | Path, *,
-                    n_control: int = 500, seed: int = 0) -> tuple[Path, Path]:
-    """Write ``predicted.h5ad`` and ``observed.h5ad`` in the layout cell-eval reads: log1p CP10k in
-    ``.X``, the same genes in the same order, ``obs["perturbation"]`` with ``ctrl`` control cells in both
-    (generated control cells in the prediction)."""
+def cell_eval_anndata(cells: dict[str, np.ndarray], genes: list[str]):
+    """The layout cell-eval reads: log1p CP10k in ``.X`` (float32), ``var_names`` = ``genes`` in order,
+    ``obs["perturbation"]`` (categorical) naming each cell's condition, cells in the order of ``cells``."""
     import anndata as ad
 
+    labels = np.repeat(list(cells), [len(v) for v in cells.values()])
+    return ad.AnnData(X=np.concatenate([np.asarray(v) for v in cells.values()]).astype(np.float32),
+                      obs=pd.DataFrame({KEYS.PERT: pd.Categorical(labels)},
+                                       index=[f"cell{i}" for i in range(len(labels))]),
+                      var=pd.DataFrame(index=list(genes)))
+
+
+def prediction_anndata(model: LCD, predictions: dict[str, np.ndarray], *, control: np.ndarray | None = None,
+                       n_control: int = 500, seed: int = 0):
+    """Predicted cells in the cell-eval layout of ``lcd evaluate``'s ``predicted.h5ad``, ready to download.
+
+    Parameters
+    ----------
+    model
+        The run that generated them (its genes name the columns).
+    predictions
+        condition → ``(n, d)`` generated cells, log1p CP10k.
+    control
+        ``(n0, d)`` generated control cells (cell-eval compares against the file's own ``ctrl`` cells);
+        default: ``n_control`` generated now with ``seed``.
+
+    Returns
+    -------
+    AnnData: ``ctrl`` cells first, then each prediction; ``uns["lcd_prediction"]`` records the run and seed.
+    """
+    if control is None:
+        control = model.predict([KEYS.CONTROL], n_control, seed=seed).cells[KEYS.CONTROL]
+    a = cell_eval_anndata({KEYS.CONTROL: control, **{c: v for c, v in predictions.items() if c != KEYS.CONTROL}},
+                          list(model.genes))
+    a.uns["lcd_prediction"] = {"run": str(model.info.get("run") or ""), "seed": int(seed), "space": "log1p CP10k"}
+    return a
+
+
+def h5ad_bytes(adata) -> bytes:
+    """An AnnData as the bytes of an ``.h5ad`` file (for a download button)."""
+    import tempfile
+    from pathlib import Path as _Path
+
+    with tempfile.TemporaryDirectory() as tmp:  # h5py writes files, not streams, on every platform we support
+        path = _Path(tmp) / "cells.h5ad"
+        adata.write_h5ad(path)
+        return path.read_bytes()
+
+
+def cell_eval_files(model: LCD, screen: Screen, predictions: dict[str, np.ndarray], out: str | Path, *,
+                    n_control: int = 500, seed: int = 0) -> tuple[Path, Path]:
+    """Write ``predicted.h5ad`` and ``observed.h5ad`` in the layout cell-eval reads
+    (:func:`cell_eval_anndata`), with ``ctrl`` control cells in both (generated control cells in the
+    prediction)."""
     out = Path(out)
     pred_ctrl = model.predict([KEYS.CONTROL], n_control, seed=seed).cells[KEYS.CONTROL]
     pred = {KEYS.CONTROL: pred_ctrl, **predictions}
     obs = {c: screen.log1p(c) for c in pred}
-
-    def to_adata(cells: dict[str, np.ndarray]) -> ad.AnnData:
-        labels = np.repeat(list(cells), [len(v) for v in cells.values()])
-        a = ad.AnnData(X=np.concatenate(list(cells.values())).astype(np.float32),
-                       obs=pd.DataFrame({KEYS.PERT: pd.Categorical(labels)},
-                                        index=[f"cell{i}" for i in range(len(labels))]),
-                       var=pd.DataFrame(index=list(model.genes)))
-        return a
-
     paths = out / "predicted.h5ad", out / "observed.h5ad"
-    to_adata(pred).write_h5ad(paths[0])
-    to_adata(obs).write_h5ad(paths[1])
+    cell_eval_anndata(pred, list(model.genes)).write_h5ad(paths[0])
+    cell_eval_anndata(obs, list(model.genes)).write_h5ad(paths[1])
     return paths

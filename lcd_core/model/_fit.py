@@ -262,3 +262,73 @@ def read_fit(run) -> dict | None:
     if not isinstance(fit, dict) or not isinstance(fit.get("summary"), dict):
         return None
     return fit
+
+
+def no_change_check(predicted: np.ndarray, observed: np.ndarray, control: np.ndarray, *, max_cells: int | None = 500,
+                    seed: int = 0) -> dict:
+    """Is a prediction further from its own observed cells than "no change" (the control cells) is?
+
+    Parameters
+    ----------
+    predicted, observed, control
+        ``(n, d)`` log1p CP10k cells of the prediction, the condition's measured cells and control.
+    max_cells, seed
+        Cells per set in MMD (:func:`lcd_core.metrics.mmd`, the Perturb metrics table's ``mmd``).
+
+    Returns
+    -------
+    ``{"mmd_predicted", "mmd_control", "worse_than_no_change": bool, "sentence"}``: MMD² of the prediction
+    and of the control cells against the observed cells, on all genes.
+    """
+    from ..metrics import mmd
+
+    ours = mmd(predicted, observed, max_cells=max_cells, seed=seed)
+    none = mmd(control, observed, max_cells=max_cells, seed=seed)
+    worse = bool(ours > none)
+    if worse:
+        sentence = (f"the prediction is further from the observed cells than the control cells are (MMD² {ours:.3g} "
+                    f"vs {none:.3g} for 'no change'): the model does not reproduce this condition")
+    else:
+        sentence = f"the prediction is closer to the observed cells than 'no change' (MMD² {ours:.3g} vs {none:.3g})"
+    return {"mmd_predicted": ours, "mmd_control": none, "worse_than_no_change": worse, "sentence": sentence}
+
+
+def condition_fit(fit: dict | None, condition: str, *, no_change: dict | None = None) -> dict:
+    """Whether a run reproduces one condition: its ``fit.json`` verdict, and optionally the no-change check.
+
+    Parameters
+    ----------
+    fit
+        The run's fit report (:func:`read_fit`; ``None`` for a run without one).
+    condition
+        The condition shown.
+    no_change
+        :func:`no_change_check` of the shown prediction against the condition's observed cells; a prediction
+        worse than no change is flagged whatever ``fit.json`` says.
+
+    Returns
+    -------
+    ``{"status", "reproduced", "sentence"}``. ``status``: ``within`` / ``outside`` / ``no_shift`` (the fit
+    check's, :func:`verdict`), ``worse_than_no_change``, ``not_checked`` (not a training condition of the
+    check: held out or never measured) or ``no_fit`` (the run has no fit report). ``reproduced`` is
+    ``True``, ``False`` or ``None`` (not judged).
+    """
+    entry = ((fit or {}).get("conditions") or {}).get(condition)
+    if fit is None:
+        status, ok, sentence = "no_fit", None, "this run has no fit report, so whether it reproduces its training conditions is unknown"
+    elif entry is None:
+        status, ok, sentence = "not_checked", None, (f"{condition} is not among the training conditions the fit check "
+                                                     "judged (held out or not measured): its prediction is a generalisation")
+    elif entry.get("status") == "within":
+        status, ok, sentence = "within", True, f"the model reproduces {condition} within replicate noise ({entry.get('why', '')})"
+    elif entry.get("status") == "outside":
+        status, ok, sentence = "outside", False, (f"the model does not reproduce {condition}, a training condition, within "
+                                                  f"replicate noise ({entry.get('why', '')}): read its prediction and "
+                                                  "interaction class with care")
+    else:
+        status, ok, sentence = "no_shift", None, (f"{condition} shows no reproducible shift in the data "
+                                                  f"(split-half r < {MIN_CEILING:g}): the fit check does not judge it")
+    if no_change is not None and no_change.get("worse_than_no_change"):
+        status, ok = "worse_than_no_change", False
+        sentence = f"{condition}: {no_change['sentence']}" + ("" if entry is None else f"; fit check: {sentence}")
+    return {"status": status, "reproduced": ok, "sentence": sentence[0].upper() + sentence[1:] + "."}

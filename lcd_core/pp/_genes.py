@@ -46,12 +46,13 @@ def select_genes(
     n_genes: int = 1000,
     train_conditions: Sequence[str] | None = None,
     n_markers: int = 20,
+    keep_targets: bool = True,
 ) -> list[str]:
     """Choose ``n_genes`` genes by priority: targeted genes, then marker frequency, then dispersion.
 
     Following METHOD.md §9 (the LCD paper's protocol):
 
-    1. every measured gene targeted by a perturbation of the screen;
+    1. every measured gene targeted by a perturbation of the screen (``keep_targets``);
     2. genes by how many training singles have them among their top-``n_markers`` DE genes
        (Wilcoxon vs control; ties broken by the mean rank within those lists);
     3. highly variable genes by normalised dispersion (Seurat flavour).
@@ -70,6 +71,9 @@ def select_genes(
         Conditions in training; only its singles are used (default: every single of the screen).
     n_markers
         Length of each single's DE list counted in step 2.
+    keep_targets
+        Step 1: put every measured target first. CLIPR (causal graph, modules, what-if) can use a
+        single-gene perturbation only when its target is modelled, so turn it off only on purpose.
 
     Returns
     -------
@@ -98,7 +102,7 @@ def select_genes(
     measured = set(genes)
 
     # 1. targeted genes (all perturbations of the screen: known by design, not learned from held-out cells)
-    targeted = sorted({t for c in present for t in targets_of(c) if t in measured})
+    targeted = sorted({t for c in present for t in targets_of(c) if t in measured}) if keep_targets else []
     chosen: list[str] = targeted[:n_genes]
     if len(targeted) > n_genes:
         logger.warning("select_genes: %d targeted genes exceed n_genes=%d; truncated", len(targeted), n_genes)
@@ -133,3 +137,33 @@ def select_genes(
         order = disp.sort_values(ascending=False, kind="stable").index
         chosen += [g for g in order if g not in taken][: n_genes - len(chosen)]
     return chosen
+
+
+def add_measured_targets(adata: Any, *, genes: Sequence[str]) -> list[str]:
+    """A gene selection with every perturbed gene that the file measures added (those it lacks first).
+
+    For a selection made elsewhere (a file's own highly variable genes, a user's list): CLIPR can use a
+    single-gene perturbation only when its target is modelled (:func:`lcd_core.data.supported_pages`).
+
+    Parameters
+    ----------
+    adata
+        AnnData or :class:`~lcd_core.data.Screen` with canonical labels in ``obs["perturbation"]``.
+    genes
+        The selection.
+
+    Returns
+    -------
+    The measured targets missing from ``genes`` (sorted), then ``genes`` in their order.
+    """
+    measured = set(getattr(adata, "genes", None) or getattr(adata, "adata", adata).var_names.astype(str))
+    conditions = getattr(adata, "conditions", None)
+    if conditions is None:
+        conditions = set(adata.obs[KEYS.PERT].astype(str))
+    genes = [str(g) for g in genes]
+    unknown = [g for g in genes if g not in measured]
+    if unknown:
+        raise ConfigError(f"{len(unknown)} selected gene(s) are not in the screen: {unknown[:10]}")
+    have = set(genes)
+    missing = sorted({t for c in conditions for t in targets_of(str(c)) if t in measured and t not in have})
+    return missing + genes

@@ -136,3 +136,52 @@ def explicit_split(screen: Any, heldout: Sequence[str]) -> dict[str, Any]:
         "seed": None,
         "protocol": "explicit",
     }
+
+
+def propose_heldout(screen: Any, *, fold: int = 0, seed: int = 0, n_tuning: int = 20, n_folds: int = 10) -> dict[str, Any]:
+    """Held-out doubles for a screen that ships no split, by the paper's protocol, with a sentence why.
+
+    - The screen ships a split (``uns["lcd_split"]``): that one.
+    - At least ``n_tuning + n_folds`` testable doubles (all singles measured): fold ``fold`` of
+      :func:`split_combinations` plus its tuning doubles, exactly what ``lcd train --fold`` holds out.
+    - Fewer (a small screen): the same protocol scaled down, without tuning doubles and with
+      ``min(4, n_testable)`` folds, so about a quarter of the testable doubles (at least one) is held out
+      and the rest still teach the model combinations.
+    - None testable: nothing held out, and the sentence says why Benchmark will have nothing to score.
+
+    Returns
+    -------
+    ``{"heldout": [...], "why": str, "source": "shipped" | "protocol" | "scaled" | "none", "n_testable": int,
+    "n_combinations": int}``; pass ``heldout`` to ``lcd_core.model.train(..., heldout=...)``
+    (``lcd train --holdout-combos``).
+    """
+    conditions = _conditions(screen)
+    present = set(conditions)
+    combos = [c for c in conditions if len(targets_of(c)) > 1]
+    testable = [c for c in combos if all(t in present for t in targets_of(c))]
+    out = {"n_testable": len(testable), "n_combinations": len(combos)}
+    shipped = getattr(screen, "split", None) or {}
+    if shipped.get("heldout"):
+        held = sorted(str(c) for c in shipped["heldout"] if str(c) in present)
+        return {**out, "heldout": held, "source": "shipped",
+                "why": f"the screen ships its own split: {len(held)} held-out conditions (uns['{KEYS.SPLIT}'])."}
+    if not testable:
+        why = ("the screen has no combinations" if not combos else
+               f"none of its {len(combos)} combinations has all its singles measured")
+        return {**out, "heldout": [], "source": "none",
+                "why": f"Nothing held out: {why}, so no double can be held out fairly and Benchmark has nothing to score."}
+    if len(testable) >= n_tuning + n_folds:
+        protocol = split_combinations(screen, n_tuning=n_tuning, n_folds=n_folds, seed=seed)
+        fs = fold_split(protocol, fold)
+        held = sorted(set(fs["test"]) | set(protocol["tuning"]))
+        why = (f"Held out {len(held)} of {len(testable)} testable doubles by the paper's split protocol "
+               f"(seed {seed}): fold {fold} of {n_folds} ({len(fs['test'])} doubles) and the {len(protocol['tuning'])} "
+               f"tuning doubles, as 'lcd train --fold {fold}' does.")
+        return {**out, "heldout": held, "source": "protocol", "why": why}
+    k = min(4, len(testable))
+    protocol = split_combinations(screen, n_tuning=0, n_folds=k, seed=seed)
+    held = sorted(fold_split(protocol, fold % k)["test"])
+    why = (f"Held out {len(held)} of {len(testable)} testable doubles (those whose singles are all measured): "
+           f"too few for the paper's protocol ({n_tuning} tuning + {n_folds} folds), so its shuffle (seed {seed}) "
+           f"was dealt into {k} folds without tuning doubles and fold {fold % k} is held out.")
+    return {**out, "heldout": held, "source": "scaled", "why": why}

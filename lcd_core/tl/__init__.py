@@ -9,8 +9,11 @@ from ._export import effects_long, write_effects_csv, write_graphml, write_modul
 from ._explore import (baseline_predictions, compare_methods, double_interaction, fit_baselines,
                        gene_shift_table, whatif_cells, whatif_drift_shift)
 from ._fixed_points import fixed_points
-from ._interactions import DEFAULT_THRESHOLDS, classify_interactions, distance_correlation, interaction_from_cells, interaction_scores
+from ._gi import interaction_map, interaction_shifts
+from ._interactions import (DEFAULT_THRESHOLDS, INTERACTION_CLASSES, INTERACTION_COLUMNS, classify_interactions,
+                            distance_correlation, interaction_from_cells, interaction_scores)
 from ._modules import UNASSIGNED, ModuleResult, find_modules
+from ._response import gene_response_table
 from ._recovery import causal_recovery, sign_auroc, sign_macro_f1
 from ._whatif import whatif_shift
 
@@ -21,6 +24,7 @@ __all__ = [
     "ModuleResult", "find_modules",
     "read_gmt", "enrich_modules", "bh_adjust",
     "interaction_scores", "classify_interactions", "DEFAULT_THRESHOLDS", "interaction_from_cells", "distance_correlation",
+    "INTERACTION_COLUMNS", "INTERACTION_CLASSES", "interaction_shifts", "interaction_map", "gene_response_table",
     "effects_long", "write_effects_csv", "write_modules_tsv", "write_graphml",
     "sign_auroc", "sign_macro_f1", "causal_recovery", "UNASSIGNED",
     "ReferenceEmbedding", "fit_reference_embedding", "reference_cells",

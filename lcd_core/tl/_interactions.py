@@ -20,6 +20,32 @@ DEFAULT_THRESHOLDS = {
     "dcor_high": 0.9,  # redundancy: dcor([δ_a, δ_b], δ_ab) ≥ ...
     "singles_dcor_high": 0.8,  # ... and dcor(δ_a, δ_b) ≥ (the singles look alike)
 }
+#: one line per column of :func:`interaction_scores` / :func:`classify_interactions`, the words the app and
+#: the CLI show (δ: a condition's mean shift per gene against control, z-scored CP10k; METHOD §6)
+INTERACTION_COLUMNS = {
+    "c_a": "weight of gene a's single shift in the double's shift (δ_ab ≈ c_a·δ_a + c_b·δ_b, Theil–Sen fit); 1 = additive",
+    "c_b": "weight of gene b's single shift in the double's shift; 1 = additive",
+    "magnitude": "√(c_a² + c_b²): how strong the double is against its singles; additive ≈ 1.41, higher = synergy, lower = suppression",
+    "dcor": "distance correlation of the double's shift with both singles' shifts together (0–1); near 1 = explained by the singles",
+    "dcor_a": "distance correlation of the double's shift with gene a's single shift alone (0–1)",
+    "dcor_b": "distance correlation of the double's shift with gene b's single shift alone (0–1)",
+    "fit_dcor": "distance correlation of the double's shift with the fitted c_a·δ_a + c_b·δ_b (0–1); low = a new effect (neomorphism)",
+    "dominance": "log10|c_a / c_b|: positive = gene a dominates the double, negative = gene b; 0 = balanced",
+    "dcor_ratio": "min/max(dcor_a, dcor_b) (0–1): low = one single explains the double alone (epistasis)",
+    "dcor_singles": "distance correlation of the two singles' shifts (0–1); high = the singles do the same thing [ours]",
+    "n_genes": "genes scored: control mean CP10k > 0.5 and non-zero control spread",
+    "class": "the first class that applies, in the order neomorphism, epistasis, redundancy, synergy, suppression, additive",
+    "classes": "every class that applies (;-joined)",
+}
+#: one line per interaction class (Norman et al. 2019; thresholds in :data:`DEFAULT_THRESHOLDS`)
+INTERACTION_CLASSES = {
+    "synergy": "the double moves genes more than its singles add up to (magnitude high)",
+    "suppression": "the double moves genes less than its singles add up to (magnitude low)",
+    "additive": "the double is about the sum of its singles",
+    "neomorphism": "the double does something neither single does (its shift is poorly fitted by the singles)",
+    "epistasis": "one gene's effect masks the other's: the double looks like one of its singles",
+    "redundancy": "the two singles do the same thing and the double is no different",
+}
 #: priority of the primary class when several apply
 _PRIORITY = ("neomorphism", "epistasis", "redundancy", "synergy", "suppression", "additive")
 
