@@ -3,7 +3,7 @@
 from ._lcd import LCD, Prediction
 from ._presets import PRESETS, TrainConfig, apply_overrides, get_preset
 from ._run import RunDir
-from ._causal import get_clipr, single_gene_conditions
+from ..clipr import get_clipr, single_gene_conditions  # re-exported: CLIPR's home is lcd_core.clipr
 from ._evaluate import evaluate_folds, evaluate_run, summary_markdown, write_report
 from ._fit import FIT_FILE, fit_report, read_fit
 from ._train import resolve_split, train, validation_split

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from ..errors import ConfigError, LCDError
-from ._clipr import CliprResult
+from ._result import CliprResult
 
 #: above this d the dense d² × d² normal matrix is too large; use matrix-free CG
 _DENSE_MAX_D = 30
