@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.linalg as sla
 
+from .._settings import CLIPR
 from ..errors import ConfigError, LCDError
 from ._result import CliprResult
 
@@ -31,8 +32,8 @@ def clipr_directed(
     delta_L: np.ndarray,
     targets: Sequence[int],
     *,
-    weight_on_target: float = 1.0,
-    ridge: float = 1e-10,
+    weight_on_target: float = CLIPR.weight_on_target,
+    ridge: float = CLIPR.ridge,
     scale: float = 1.0,
     solver: str = "auto",
     tol: float = 1e-10,
