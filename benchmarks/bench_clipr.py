@@ -33,9 +33,7 @@ import scipy.linalg as sla
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lcd_core.tl._clipr import clipr_paper  # noqa: E402
-from lcd_core.tl._directed import clipr_directed, interventional_inversion  # noqa: E402
-from lcd_core.tl._fixed_points import fixed_points  # noqa: E402
+from lcd_core.clipr import clipr_directed, clipr_paper, fixed_points, interventional_inversion  # noqa: E402
 from lcd_core.tl._recovery import causal_recovery  # noqa: E402
 
 SIGMAS = np.geomspace(10, 0.01, 30)

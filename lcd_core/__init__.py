@@ -7,7 +7,8 @@ Subpackages, one concept each:
 - :mod:`lcd_core.simulation`: simulated screens with known causal truth
 - :mod:`lcd_core.module`, :mod:`lcd_core.nn`, :mod:`lcd_core.train`: the model, its networks and its training loops
 - :mod:`lcd_core.sampling`: samplers of the learned diffusion
-- :mod:`lcd_core.tl`: CLIPR, modules, enrichment, genetic interactions
+- :mod:`lcd_core.clipr`: CLIPR (METHOD.md §4), paper and directed, and the cached read-out of a run
+- :mod:`lcd_core.tl`: modules, enrichment, genetic interactions (and CLIPR's functions, re-exported)
 - :mod:`lcd_core.metrics`, :mod:`lcd_core.baselines`: evaluation
 
 The engine never imports streamlit.

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from ._settings import CLIPR, DIRECTED_SOURCES, VARIANTS, CliprOptions, clipr_options
 from .errors import ConfigError, LCDError
 
 
@@ -252,7 +253,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.with_control:
         labels = ["ctrl", *labels]
     with _backend(args) as backend:
-        pred = backend.predict(args.run, labels, args.cells, sampler=args.sampler, n_evals=args.steps,
+        pred = backend.predict(args.run, labels, args.cells, sampler=args.sampler, n_evals=args.n_evals,
                                seed=args.seed, device=args.device, anchored=args.anchored)
     for label, genes in pred.unseen.items():
         print(f"lcd predict: note: {', '.join(genes)} in {label} never perturbed in training; "
@@ -284,16 +285,22 @@ def _provenance(model, **extra) -> dict:
             "seed": model.info.get("seed"), "version": __version__, **extra}
 
 
+def clipr_options_of(args: argparse.Namespace) -> CliprOptions:
+    """The CLIPR options of ``lcd clipr`` / ``lcd modules`` arguments (unset flags: :data:`CLIPR`'s)."""
+    source = getattr(args, "source", None)
+    if source not in (None, CLIPR.source) and args.variant != "directed":
+        raise ConfigError("--source chooses where directed CLIPR takes Σ and the limit responses from; "
+                          "add --variant directed")
+    return clipr_options(variant=args.variant, lam=getattr(args, "lam", None), source=source)
+
+
 def cmd_clipr(args: argparse.Namespace) -> None:
-    from .model import LCD, get_clipr
+    from .clipr import get_clipr
+    from .model import LCD
     from .tl import write_effects_csv
 
+    options = clipr_options_of(args)
     extra = {}
-    if args.source != "cells":
-        if args.variant != "directed":
-            raise ConfigError("--source chooses where directed CLIPR takes Σ and the limit responses from; "
-                              "add --variant directed")
-        extra["source"] = args.source
     if args.source == "data":
         from .data import read_screen
 
@@ -304,26 +311,25 @@ def cmd_clipr(args: argparse.Namespace) -> None:
         # the client needs only the genes and provenance (its own device may lack what --device names)
         model = LCD.load(args.run, device="cpu")
         with _backend(args) as backend:  # either variant runs where the cluster has a GPU, as get_clipr
-            result = backend.clipr(args.run, variant=args.variant, lam=args.lam, device=args.device, **extra)
+            result = backend.clipr(args.run, options, device=args.device, **extra)
     else:
         model = LCD.load(args.run, device=args.device)
-        result = get_clipr(model, variant=args.variant, lam=args.lam, **extra)
+        result = get_clipr(model, options, **extra)
     for w in result.warnings:
         print(f"lcd clipr: warning: {w}", file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_effects_csv(out, result.effects, model.genes, provenance=_provenance(
-        model, variant=args.variant, lam=result.params.get("lam"),
-        **({"source": args.source} if args.variant == "directed" else {})))
-    print(f"wrote {out}: {len(model.genes)}x{len(model.genes)} effects (rows = sources), variant={args.variant}")
+    write_effects_csv(out, result.effects, model.genes, provenance=_provenance(model, **options.to_dict()))
+    print(f"wrote {out}: {len(model.genes)}x{len(model.genes)} effects (rows = sources), variant={options.variant}")
 
 
 def cmd_modules(args: argparse.Namespace) -> None:
-    from .model import LCD, get_clipr
+    from .clipr import get_clipr
+    from .model import LCD
     from .tl import enrich_modules, find_modules, read_gmt, write_modules_tsv
 
     model = LCD.load(args.run, device="auto")
-    result = get_clipr(model, variant=args.variant)
+    result = get_clipr(model, clipr_options_of(args))
     # --cut alone keeps PRODUCT.md's meaning (the dendrogram cut of METHOD §5); otherwise consensus Louvain
     method = args.method or ("hierarchical" if args.cut is not None else "louvain")
     cut = 0.175 if args.cut is None else args.cut
@@ -451,8 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perturb", action="append", required=True,
                    help="a perturbation, e.g. A or A+B; repeat for several")
     p.add_argument("--cells", type=int, default=500, help="cells per perturbation")
-    p.add_argument("--sampler", default="fast", help="fast (default) or reference")
-    p.add_argument("--steps", type=int, help="sampler budget (network evaluations); trades speed for quality")
+    p.add_argument("--sampler", help="fast or reference (default: the run's, fast unless set at training)")
+    p.add_argument("--steps", type=int, dest="n_evals", metavar="N_EVALS",
+                   help="sampler budget: network evaluations per generated cell, for every sampler (the reference "
+                        "sampler spreads them over its noise levels); default: the run's; trades speed for quality")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--with-control", action="store_true", help="also write predicted control cells")
     p.add_argument("--anchored", action="store_true",
@@ -470,10 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("clipr", help="causal effects between genes (CLIPR)")
     p.add_argument("run")
-    p.add_argument("--variant", choices=["paper", "directed"], default="directed",
-                   help="directed (default; ours, METHOD §4) or the paper's CLIPR")
-    p.add_argument("--lam", type=float, default=1e-4, help="ridge regularisation of the paper variant")
-    p.add_argument("--source", choices=["cells", "fixed_points", "data"], default="cells",
+    p.add_argument("--variant", choices=VARIANTS, default=CLIPR.variant,
+                   help=f"directed (ours, METHOD §4) or the paper's CLIPR (default {CLIPR.variant})")
+    p.add_argument("--lam", type=float, default=CLIPR.lam,
+                   help=f"ridge regularisation λ of the paper variant (default {CLIPR.lam:g})")
+    p.add_argument("--source", choices=DIRECTED_SOURCES, default=CLIPR.source,
                    help="directed variant: Σ and limit responses from generated cells of every condition "
                         "(default), from the drift's fixed points and generated control cells (fast at "
                         "large d), or from the measured cells of --data (runs without a count model)")
@@ -486,8 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("modules", help="functional modules of the causal graph, with enrichment")
     p.add_argument("run")
-    p.add_argument("--variant", choices=["paper", "directed"], default="directed",
-                   help="CLIPR variant (default directed: it recovers the graph better on every benchmark)")
+    p.add_argument("--variant", choices=VARIANTS, default=CLIPR.variant,
+                   help=f"CLIPR variant (default {CLIPR.variant}: it recovers the graph better on every benchmark)")
     p.add_argument("--method", choices=["louvain", "hierarchical"],
                    help="consensus Louvain on the kNN closeness graph (default), or METHOD §5's average-linkage "
                         "tree cut at --cut (the default when --cut is given)")

@@ -17,8 +17,9 @@ Every sampler is a plain function ``(score_fn, sde, x_init, pert, *, ..., genera
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from .errors import ConfigError
@@ -77,16 +78,77 @@ def annealed_langevin(
     -------
     ``(n, d)`` float64 samples (standardised space).
     """
-    sigmas = sde.sigmas if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64)
-    x = x_init.to(torch.float64).clone()
-    for sigma in sigmas.tolist():
-        h = step_scale * eps * (sigma / sde.sigma_min) ** 2
+    sigmas = (sde.sigmas if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64)).tolist()
+    steps = [step_scale * eps * (sigma / sde.sigma_min) ** 2 for sigma in sigmas]
+    x, _ = annealed_flow(score_fn, sigmas, steps, x_init.to(torch.float64).clone(), pert,
+                         n_steps_per_level=n_steps_per_level, noise=noise, generator=generator)
+    return x
+
+
+@torch.no_grad()
+def annealed_flow(
+    score_fn: ScoreFn,
+    sigmas: Sequence[float],
+    steps: Sequence[float],
+    x: torch.Tensor,
+    pert: torch.Tensor,
+    *,
+    n_steps_per_level: int,
+    noise: bool = False,
+    generator: torch.Generator | None = None,
+    tol: float = 0.0,
+    check: Callable[[torch.Tensor, float], None] | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """The loop of annealed Langevin dynamics with step sizes given per level, in ``x``'s dtype: the
+    reference sampler (:func:`annealed_langevin`) and, with the noise off, CLIPR's fixed points
+    (:func:`lcd_core.clipr.fixed_points`, METHOD.md §4).
+
+    For each level ``σ_k`` (largest first), up to ``n_steps_per_level`` steps of
+    ``x ← x + h_k s(x, σ_k) [+ sqrt(2 h_k) ξ]`` with ``h_k = steps[k]``.
+
+    Parameters
+    ----------
+    score_fn, pert, generator
+        See the module docstring.
+    sigmas, steps
+        Levels (descending) and the step size ``h_k`` of each.
+    x
+        ``(n, d)`` start; not modified.
+    n_steps_per_level
+        Steps at each level (at most, with ``tol``).
+    noise
+        ``False``: the deterministic annealed gradient flow, which converges to a mode of each level.
+    tol
+        Noise-free only: a level ends as soon as every chain's relative step ``max|Δx| / (1 + max|x|)``
+        is below ``tol``; ``0`` runs the blind step count.
+    check
+        Noise-free only: ``check(max|x| per chain (n,), σ_k)`` after every step, e.g. to stop a diverging flow
+        by raising.
+
+    Returns
+    -------
+    ``x`` after the last step, and ``{"steps": (n_levels,) steps taken per level, "n_evals": network
+    evaluations, "rel_step": (n,) float64 last relative step (noise-free; else inf)}``.
+    """
+    taken = np.zeros(len(sigmas), dtype=int)
+    rel = torch.full((x.shape[0],), float("inf"), dtype=torch.float64)
+    for k, (sigma, h) in enumerate(zip(sigmas, steps)):
+        sigma = float(sigma)
         for _ in range(n_steps_per_level):
-            # Langevin step at fixed σ_k
-            x = x + h * score_fn(x, sigma, pert).to(x.dtype)
+            # Langevin step at fixed σ_k (its Euler part, dx/dt = s(x, σ_k), when the noise is off)
+            dx = h * score_fn(x, sigma, pert).to(x.dtype)
+            x = x + dx
+            taken[k] += 1
             if noise:
                 x = x + math.sqrt(2 * h) * _randn(x, generator)
-    return x
+                continue
+            xmax = x.abs().amax(dim=1)
+            if check is not None:
+                check(xmax, sigma)
+            rel = (dx.abs().amax(dim=1) / (1.0 + xmax)).double().cpu()
+            if tol > 0 and bool((rel < tol).all()):
+                break
+    return x, {"steps": taken, "n_evals": int(taken.sum()), "rel_step": rel.numpy()}
 
 
 @torch.no_grad()
@@ -265,7 +327,9 @@ def sample(
     dim
         Latent dimension ``d``.
     **kw
-        Sampler options (e.g. ``n_evals`` for ``"fast"``).
+        Sampler options. ``n_evals``, the budget, means network evaluations per cell for every sampler:
+        the reference sampler spreads them evenly over its noise levels (``n_steps_per_level =
+        max(1, n_evals // n_levels)``, so ``n_evals = 15000`` is the paper's 500 steps on 30 levels).
 
     Returns
     -------
@@ -273,6 +337,10 @@ def sample(
     """
     if name not in SAMPLERS:
         raise ConfigError(f"Unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}.")
+    if SAMPLERS[name] is annealed_langevin and kw.get("n_evals") is not None:
+        n_levels = len(kw.get("sigmas", sde.sigmas))
+        kw["n_steps_per_level"] = max(1, int(kw.pop("n_evals")) // n_levels)
+    kw = {k: v for k, v in kw.items() if not (k == "n_evals" and v is None)}  # None: the sampler's default
     pert = torch.as_tensor(pert)
     pert = pert[None, :] if pert.ndim == 1 else pert
     x_init = sde.prior_sampling((n_cells, dim), generator, scale=1.0).to(pert.device)  # chains live with the net

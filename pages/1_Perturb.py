@@ -13,6 +13,7 @@ import streamlit as st
 
 import ui_helpers as ui
 from lcd_core import KEYS, LCDError
+from lcd_core.clipr import CLIPR, VARIANTS
 from lcd_core.data._conventions import targets_of
 from lcd_core.pl import embedding_scatter
 from lcd_core.tl import (baseline_predictions, compare_methods, double_interaction, gene_shift_table,
@@ -194,7 +195,7 @@ def whatif_mode(screen, run, model) -> None:
     c1, c2, c3 = st.columns(3)
     direction = c1.radio("Intervention", ["knock-down", "activation"], key="wi_dir")
     strength = c2.slider("Strength (latent standard deviations)", 0.25, 5.0, 2.0, 0.25, key="wi_strength")
-    variant = c3.radio("CLIPR variant", ["directed", "paper"], key="wi_variant",
+    variant = c3.radio("CLIPR variant", VARIANTS, index=VARIANTS.index(CLIPR.variant), key="wi_variant",
                        help="directed [ours]: a stable, directed drift matrix; paper: the authors' estimator "
                             "(symmetric; can be near-singular when few genes were perturbed).")
     if not genes:

@@ -8,6 +8,7 @@ import streamlit as st
 
 import ui_helpers as ui
 from lcd_core import LCDError
+from lcd_core.clipr import CLIPR, VARIANTS
 from lcd_core.pl import ego_graph, ego_network
 from lcd_core.tl import causal_recovery, effects_long
 
@@ -28,12 +29,12 @@ def main() -> None:
     if model is None:
         return
     c1, c2 = st.columns([1, 2])
-    variant = c1.radio("CLIPR variant", ["directed", "paper"], horizontal=True, key="cg_variant",
+    variant = c1.radio("CLIPR variant", VARIANTS, index=VARIANTS.index(CLIPR.variant), horizontal=True, key="cg_variant",
                        help="paper: the authors' estimator (sign and strength; symmetric for gradient drifts). "
                             "directed [ours]: Lyapunov + on-target equations, which also identify direction.")
     lam = None
     if variant == "paper":
-        lam = c2.select_slider("Ridge λ", [1e-5, 1e-4, 1e-3, 1e-2, 1e-1], value=1e-4, key="cg_lam")
+        lam = c2.select_slider("Ridge λ", [1e-5, 1e-4, 1e-3, 1e-2, 1e-1], value=CLIPR.lam, key="cg_lam")
     res = ui.clipr(run, variant, lam)
     if res is None:
         return

@@ -11,6 +11,7 @@ import streamlit as st
 
 import ui_helpers as ui
 from lcd_core import LCDError
+from lcd_core.clipr import CLIPR, VARIANTS
 from lcd_core.pl import effect_heatmap
 from lcd_core.tl import enrich_modules, find_modules, read_gmt, write_effects_csv, write_graphml, write_modules_tsv
 from lcd_core.tl import UNASSIGNED
@@ -63,7 +64,8 @@ def main() -> None:
     if model is None:
         return
     c1, c2, c3, c4 = st.columns(4)
-    variant = c1.radio("CLIPR variant", ["directed", "paper"], horizontal=True, key="mod_variant")
+    variant = c1.radio("CLIPR variant", VARIANTS, index=VARIANTS.index(CLIPR.variant), horizontal=True,
+                       key="mod_variant")
     method = c2.radio("Clustering", ["louvain", "hierarchical"], horizontal=True, key="mod_method",
                       help="louvain: consensus of 20 Louvain runs on the 15-nearest-neighbour closeness graph. "
                            "hierarchical: the paper's average-linkage tree of shortest-path distances, cut at a height.")
@@ -75,7 +77,7 @@ def main() -> None:
         resolution = c3.slider("Resolution", 0.1, 3.0, 1.0, 0.05, key="mod_resolution",
                                help="Modularity resolution; higher = more, smaller modules.")
     min_size = int(c4.number_input("Smallest module (genes)", 2, 50, 5, key="mod_min_size"))
-    res = ui.clipr(run, variant, 1e-4 if variant == "paper" else None)
+    res = ui.clipr(run, variant, CLIPR.lam if variant == "paper" else None)
     if res is None:
         return
     genes = list(model.genes)

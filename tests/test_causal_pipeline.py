@@ -103,6 +103,26 @@ def test_clipr_results_are_cached_in_the_run(linear_run):
     again = get_clipr(model, variant="paper")
     assert "cache" in again.info
     np.testing.assert_array_equal(first.effects, again.effects)
+    assert again.params == first.params
+
+
+def test_clipr_cache_is_keyed_by_the_algorithm_version(linear_run, monkeypatch):
+    """A new version of the read-out (lcd_core.clipr.ALGORITHM_VERSION, bumped by hand) does not read the
+    results of the old one: it computes and caches beside them; the old version finds its own again."""
+    import lcd_core.clipr._readout as readout
+
+    _, model = linear_run
+    old = get_clipr(model, variant="paper")
+    cache_dir = readout._cache_path(model, readout.clipr_options(variant="paper")).parent
+    files = set(cache_dir.glob("*.npz"))
+    assert "cache" in get_clipr(model, variant="paper").info
+    monkeypatch.setattr(readout, "ALGORITHM_VERSION", readout.ALGORITHM_VERSION + 1)
+    new = get_clipr(model, variant="paper")
+    assert "cache" not in new.info and new.params["algorithm"] == old.params["algorithm"] + 1
+    added = set(cache_dir.glob("*.npz")) - files
+    assert len(added) == 1 and "cache" in get_clipr(model, variant="paper").info
+    monkeypatch.undo()
+    assert "cache" in get_clipr(model, variant="paper").info  # the old version's file is still its own
 
 
 def test_clipr_needs_two_single_gene_perturbations(tmp_path):

@@ -11,12 +11,10 @@ import pytest
 import scipy.linalg as sla
 import torch
 
+from lcd_core.clipr import (clipr_directed, clipr_directed_from_data, clipr_from_drift, clipr_paper, fixed_points,
+                            interventional_inversion, whatif_shift)
 from lcd_core.errors import ConfigError, LCDError, RunError
-from lcd_core.tl._clipr import clipr_from_drift, clipr_paper
-from lcd_core.tl._directed import clipr_directed, clipr_directed_from_data, interventional_inversion
-from lcd_core.tl._fixed_points import fixed_points
 from lcd_core.tl._recovery import causal_recovery, sign_auroc
-from lcd_core.tl._whatif import whatif_shift
 
 torch.set_num_threads(1)
 SIGMAS = np.geomspace(10, 0.01, 30)
@@ -78,8 +76,8 @@ def test_paper_clipr_exact_affine(symmetric):
     A, b, Sigma, C, targets, mu, sd = _exact_setup(d, d, rng, symmetric=symmetric)
     score_fn, means = affine_score_fn(A, b, C, mu, sd)
     res = clipr_from_drift(
-        score_fn, SIGMAS, mu, sd, [None] + list(targets), lam=1e-12, ref_sigma=SIGMAS[-1],
-        schedule="fast", tol=1e-14, max_steps=400, dtype=torch.float64,
+        score_fn, SIGMAS, mu, sd, [None] + list(targets), lam=1e-12, ref_point="origin", ref_sigma=SIGMAS[-1],
+        schedule="fast", fixed_point_tol=1e-14, max_steps=400, dtype=torch.float64,
     )
     np.testing.assert_allclose(res.L, means, atol=1e-8)
     err = np.abs(res.A - A).max() / np.abs(A).max()
@@ -87,11 +85,12 @@ def test_paper_clipr_exact_affine(symmetric):
     np.testing.assert_allclose(res.effects, res.A.T)
     np.testing.assert_allclose(res.b, b, atol=1e-5)
     np.testing.assert_allclose(res.c[:, 1:], C[:, 1:], atol=1e-4)
-    # control_mean as reference point gives the same A under an exact affine drift
+    # control_mean (the default) as reference point gives the same A under an exact affine drift
     res2 = clipr_from_drift(
-        score_fn, SIGMAS, mu, sd, [None] + list(targets), lam=1e-12, ref_point="control_mean",
-        ref_sigma=SIGMAS[-1], tol=1e-14, max_steps=400, dtype=torch.float64,
+        score_fn, SIGMAS, mu, sd, [None] + list(targets), lam=1e-12,
+        ref_sigma=SIGMAS[-1], fixed_point_tol=1e-14, max_steps=400, dtype=torch.float64,
     )
+    assert res2.params["ref_point"] == "control_mean"
     assert np.abs(res2.A - A).max() / np.abs(A).max() < 1e-6
 
 
@@ -116,6 +115,25 @@ def test_fixed_points_schedules_agree_and_stop_early():
     # a step too long for the drift is caught as a divergence, not returned
     with pytest.raises(RunError, match="diverged"):
         fixed_points(score_fn, SIGMAS, torch.arange(4), x0, schedule="denoiser", step_scale=1e4)
+
+
+def test_fixed_points_run_the_samplers_noise_free_flow():
+    """The reference schedule's limit responses are the reference sampler with its noise switched off
+    (METHOD §4): one flow, lcd_core.sampling's, so a change to it moves both."""
+    from lcd_core.sampling import annealed_langevin
+    from lcd_core.sde import VESchedule
+
+    rng = np.random.default_rng(4)
+    d = 6
+    A, b, Sigma, C, targets, mu, sd = _exact_setup(d, 3, rng)
+    score_fn, _ = affine_score_fn(A, b, C, mu, sd)
+    x0 = torch.as_tensor(rng.normal(size=(4, d)))
+    xr, info = fixed_points(score_fn, SIGMAS, torch.arange(4), x0, schedule="reference", max_steps=20)
+    sde = VESchedule(sigma_max=float(SIGMAS[0]), sigma_min=float(SIGMAS[-1]), n_levels=len(SIGMAS))
+    np.testing.assert_allclose(sde.sigmas.numpy(), SIGMAS, rtol=1e-12)
+    xs = annealed_langevin(score_fn, sde, x0, torch.arange(4), n_steps_per_level=20, noise=False)
+    np.testing.assert_allclose(xr, xs.numpy(), rtol=1e-12, atol=1e-12)
+    assert info["steps"] == [20] * len(SIGMAS) and info["n_evals"] == 20 * len(SIGMAS) + 1
 
 
 def test_newton_fixed_points_on_exact_affine_and_nonlinear_drifts():
@@ -283,7 +301,7 @@ def test_whatif_shift_matches_mean_shift():
 
 # -- when the fixed-point flows' convergence is worth a warning ----------------------------------------
 def test_convergence_warning_only_where_the_result_depends_on_it():
-    from lcd_core.tl._fixed_points import convergence_warning
+    from lcd_core.clipr import convergence_warning
 
     rng = np.random.default_rng(3)
     d = 8
@@ -320,7 +338,7 @@ def test_shipped_demo_run_paper_clipr_warns_only_when_cut_short():
     from pathlib import Path
 
     from lcd_core.model import LCD, get_clipr
-    from lcd_core.model._causal import single_gene_conditions
+    from lcd_core.clipr import single_gene_conditions
 
     run = Path(__file__).resolve().parents[1] / "assets" / "demo_run"
     if not (run / "COMPLETE").exists():

@@ -15,9 +15,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError, BackendResourceError, BackendUnavailable, JobCancelled, LCDError  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:  # torch-free import of the backends
+    from ..clipr import CliprOptions
 
 #: ``progress(stage, step, total, record)``, the callback of :func:`lcd_core.model.train`
 Progress = Callable[[str, int, int, dict], None]
@@ -157,12 +160,12 @@ class Backend(ABC):
         ``anchored``: the run's anchored prediction)."""
 
     @abstractmethod
-    def clipr(self, run: str | os.PathLike, *, variant: str = "paper", lam: float | None = None, seed: int = 0,
-              device: str = "auto", **kwargs):
-        """CLIPR of a finished run, as :func:`lcd_core.model.get_clipr` computes it (``variant`` ``"paper"``
-        or ``"directed"``, ``lam`` of the paper variant, ``seed`` of the directed variant's generated cells,
-        ``kwargs`` the variant's options): a :class:`lcd_core.tl.CliprResult`. Both backends give the same
-        result on the same kind of device."""
+    def clipr(self, run: str | os.PathLike, options: CliprOptions | None = None, *, device: str = "auto",
+              **overrides):
+        """CLIPR of a finished run, as :func:`lcd_core.clipr.get_clipr` computes it: ``options`` (default
+        :data:`lcd_core.clipr.CLIPR`) with ``overrides`` by field name (``variant="paper"``, ``lam=1e-3``,
+        ``seed=3``...); a :class:`lcd_core.clipr.CliprResult`. Both backends give the same result on the same
+        kind of device."""
 
     # generic -------------------------------------------------------------------------------------
     @abstractmethod

@@ -10,9 +10,12 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._base import Backend, Job, JobCancelled, Progress
+
+if TYPE_CHECKING:
+    from ..clipr import CliprOptions
 
 
 class _Stop(BaseException):
@@ -61,23 +64,22 @@ def merge_predictions(parts: list):
     return out
 
 
-def clipr_run(run: str | os.PathLike, *, variant: str = "paper", lam: float | None = None, seed: int = 0,
-              device: str = "auto", use_cache: bool = False, **kwargs):
-    """CLIPR of a finished run through :func:`lcd_core.model.get_clipr` (METHOD.md §4), the function the
+def clipr_run(run: str | os.PathLike, options: CliprOptions | None = None, *, device: str = "auto",
+              use_cache: bool = False, predict=None, **overrides):
+    """CLIPR of a finished run through :func:`lcd_core.clipr.get_clipr` (METHOD.md §4), the function the
     local ``lcd clipr`` and the app call, so every backend computes the same thing.
 
-    ``variant`` ``"paper"`` (drift responses, ridge ``lam``) or ``"directed"`` (cells generated with
-    ``seed``); ``kwargs`` are the variant's options (``ref_point``, ``schedule``, ... / ``n_cells``,
-    ``weight_on_target``, ``ridge``). ``use_cache`` reads / writes the run's CLIPR cache (off by default:
-    a Ray worker computes on a temporary copy of the run). ``params["conditions"]`` lists control plus
-    the single-gene conditions used, in the order of the columns of ``A``.
+    ``options`` (default :data:`lcd_core.clipr.CLIPR`) with ``overrides`` by field name, as get_clipr;
+    ``predict`` as get_clipr's. ``use_cache`` reads / writes the run's CLIPR cache (off by default: a Ray
+    worker computes on a temporary copy of the run). ``params["conditions"]`` lists control plus the
+    single-gene conditions used, in the order of the columns of ``A``.
     """
     from .._constants import KEYS
-    from ..model import LCD, get_clipr
-    from ..model._causal import single_gene_conditions
+    from ..clipr import get_clipr, single_gene_conditions
+    from ..model import LCD
 
     model = LCD.load(run, device=device)
-    result = get_clipr(model, variant=variant, lam=lam, seed=seed, use_cache=use_cache, **kwargs)
+    result = get_clipr(model, options, use_cache=use_cache, predict=predict, **overrides)
     result.params["conditions"] = [KEYS.CONTROL, *single_gene_conditions(model)[0]]
     return result
 
@@ -146,8 +148,8 @@ class LocalBackend(Backend):
         return predict_run(run, perturbations, n_cells, sampler=sampler, n_evals=n_evals, seed=seed, device=device,
                            anchored=anchored)
 
-    def clipr(self, run, *, variant="paper", lam=None, seed=0, device="auto", **kwargs):
-        return clipr_run(run, variant=variant, lam=lam, seed=seed, device=device, **kwargs)
+    def clipr(self, run, options=None, *, device="auto", **overrides):
+        return clipr_run(run, options, device=device, **overrides)
 
     def map(self, fn, items: Iterable, *, gpus: float = 0.0) -> list:
         return [fn(item) for item in items]

@@ -704,21 +704,22 @@ class RayBackend(Backend):
         pred.params["run"] = str(run)
         return pred
 
-    def clipr(self, run, *, variant="paper", lam=None, seed=0, device="auto", **kwargs):
-        from ..model._causal import CLIPR_DEFAULTS
+    def clipr(self, run, options=None, *, device="auto", **overrides):
+        from ..clipr import clipr_options
 
-        if variant not in CLIPR_DEFAULTS:  # here, not after shipping the weights
-            raise ConfigError(f"unknown CLIPR variant {variant!r}; use paper or directed")
-        if variant == "directed":
+        screen = overrides.pop("screen", None)  # source="data": the measured cells, read here
+        opts = clipr_options(options, **overrides)  # resolved and checked here, not after shipping the weights
+        if opts.variant == "directed":
             # the cost is generating cells of every condition: spread them over the workers (self.predict),
             # then the Lyapunov + on-target solve here (seconds at d = 1000)
-            return clipr_run(run, variant=variant, seed=seed, device="cpu",
-                             predict=lambda labels, n, seed: self.predict(run, labels, n, seed=seed, device=device),
-                             **kwargs)
-        options, worker_device = self._task_options(device)
+            return clipr_run(run, opts, device="cpu", screen=screen,
+                             predict=lambda labels, n, seed: self.predict(run, labels, n, seed=seed, device=device))
+        task_options, worker_device = self._task_options(device)
         blob, path = self._run_ref(run)
-        ref = _remote()["clipr"].options(**options).remote(__version__, blob, path, variant, lam, seed,
-                                                           worker_device, kwargs)
+        # _clipr_task takes (variant, lam, seed, kwargs): the options as plain values, the same on the worker
+        rest = {k: v for k, v in opts.to_dict().items() if k not in ("variant", "lam", "seed")}
+        ref = _remote()["clipr"].options(**task_options).remote(__version__, blob, path, opts.variant, opts.lam,
+                                                                opts.seed, worker_device, rest)
         return self._get([ref])[0]
 
     def map(self, fn, items, *, gpus: float = 0.0) -> list:

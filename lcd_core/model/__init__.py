@@ -3,7 +3,7 @@
 from ._lcd import LCD, Prediction
 from ._presets import PRESETS, TrainConfig, apply_overrides, get_preset
 from ._run import RunDir
-from ._causal import get_clipr, single_gene_conditions
+from ..clipr import get_clipr, single_gene_conditions  # re-exported: CLIPR's home is lcd_core.clipr
 from ._evaluate import (cell_eval_anndata, evaluate_folds, evaluate_run, h5ad_bytes, prediction_anndata,
                         summary_markdown, write_report)
 from ._fit import FIT_FILE, condition_fit, fit_report, no_change_check, read_fit

@@ -195,10 +195,10 @@ class LCD:
         if name not in SAMPLERS:
             raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(sorted(SAMPLERS))}")
         vec, _ = self.multihot(label)
-        kw = {}
+        # the budget: network evaluations per cell for every sampler (lcd_core.sampling.sample); None: the
+        # run's default (its config's sampler_evals), else the sampler's own
         budget = n_evals if n_evals is not None else self.info.get("sampler_evals")
-        if budget is not None:
-            kw["n_evals" if name != "reference" else "n_steps_per_level"] = int(budget)
+        kw = {} if budget is None else {"n_evals": int(budget)}
         # one generator per (seed, label): a condition's cells do not depend on what else is requested. A CPU
         # generator: the samplers draw their noise on the CPU, so a seed gives the same cells on any device
         gen = torch.Generator().manual_seed(_label_seed(seed, label))
@@ -237,7 +237,8 @@ class LCD:
         n_cells
             Cells per perturbation.
         sampler, n_evals
-            Sampler name (:data:`lcd_core.sampling.SAMPLERS`) and budget; default: the run's.
+            Sampler name (:data:`lcd_core.sampling.SAMPLERS`) and budget in network evaluations per cell
+            (:func:`lcd_core.sampling.sample`); default: the run's.
         seed
             Cells of a label depend only on (seed, label).
         anchored

@@ -27,7 +27,7 @@ class TrainConfig:
     val_fraction: float = 0.1  # share of each training condition's cells held out for validation (min 3); 0: none
     checkpoint_seconds: float = 30.0  # wall time between checkpoints
     sampler: str = "fast"  # default sampler of predictions made with this run
-    sampler_evals: int | None = None  # its budget; None = the sampler's default
+    sampler_evals: int | None = None  # its n_evals: network evaluations per cell; None = the sampler's default
     seed: int = 0  # seeds both stages and the latent draws
 
     def to_dict(self) -> dict:

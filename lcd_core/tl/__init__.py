@@ -1,21 +1,20 @@
-"""Tools on a trained model's output: CLIPR (paper and directed), the linear what-if, functional
-modules, enrichment, genetic interactions, recovery scores and exports (METHOD.md §4–6)."""
+"""Tools on a trained model's output: functional modules, enrichment, genetic interactions, recovery
+scores and exports (METHOD.md §5–6), and CLIPR's array-level functions re-exported from
+:mod:`lcd_core.clipr` (their home, METHOD.md §4), where scripts and the pages find them."""
 
-from ._clipr import CliprResult, clipr_from_drift, clipr_paper, limit_responses
-from ._directed import clipr_directed, clipr_directed_from_data, interventional_inversion
+from ..clipr import (CliprResult, clipr_directed, clipr_directed_from_data, clipr_from_drift, clipr_paper,
+                     fixed_points, interventional_inversion, limit_responses, whatif_cells, whatif_drift_shift,
+                     whatif_shift)
 from ._embedding import ReferenceEmbedding, fit_reference_embedding, reference_cells
 from ._enrichment import bh_adjust, enrich_modules, read_gmt
 from ._export import effects_long, write_effects_csv, write_graphml, write_modules_tsv
-from ._explore import (baseline_predictions, compare_methods, double_interaction, fit_baselines,
-                       gene_shift_table, whatif_cells, whatif_drift_shift)
-from ._fixed_points import fixed_points
+from ._explore import baseline_predictions, compare_methods, double_interaction, fit_baselines, gene_shift_table
 from ._gi import interaction_map, interaction_shifts
 from ._interactions import (DEFAULT_THRESHOLDS, INTERACTION_CLASSES, INTERACTION_COLUMNS, classify_interactions,
                             distance_correlation, interaction_from_cells, interaction_scores)
 from ._modules import UNASSIGNED, ModuleResult, find_modules
 from ._response import gene_response_table
 from ._recovery import causal_recovery, sign_auroc, sign_macro_f1
-from ._whatif import whatif_shift
 
 __all__ = [
     "CliprResult", "clipr_paper", "clipr_from_drift", "limit_responses",

@@ -1,10 +1,9 @@
-"""Questions the app (and scripts) ask of a trained model about one perturbation: linear what-ifs
-through CLIPR's drift matrix, mean-shift tables, the interaction class of a double, and LCD beside the
-baselines on observed cells.
+"""Questions the app (and scripts) ask of a trained model about one perturbation: mean-shift tables,
+the interaction class of a double, and LCD beside the baselines on observed cells.
 
-Thin glue over :mod:`lcd_core.tl` (what-if, interactions), :mod:`lcd_core.metrics` and
-:mod:`lcd_core.baselines`; arrays in, arrays or DataFrames out; no UI. CLIPR of a run and the held-out
-benchmark live in :mod:`lcd_core.model` (``get_clipr``, ``evaluate_run``).
+Thin glue over :mod:`lcd_core.tl` (interactions), :mod:`lcd_core.metrics` and :mod:`lcd_core.baselines`;
+arrays in, arrays or DataFrames out; no UI. The linear what-if lives with CLIPR (:mod:`lcd_core.clipr`),
+the held-out benchmark in :mod:`lcd_core.model` (``evaluate_run``).
 """
 
 from __future__ import annotations
@@ -17,47 +16,6 @@ import pandas as pd
 from .._constants import KEYS
 from ..errors import ConfigError, LCDError
 from ._interactions import classify_interactions, interaction_from_cells
-from ._whatif import whatif_shift
-
-
-# ---------------------------------------------------------------------------------------- what-if
-def whatif_drift_shift(A: np.ndarray, genes: Sequence[str], interventions: Mapping[str, float],
-                       sd: np.ndarray) -> np.ndarray:
-    """Drift shift ``c`` of soft interventions, in state units.
-
-    ``interventions`` maps a gene to a signed strength (negative = knock-down, positive = activation)
-    in units of that gene's latent standard deviation: ``c_j = strength · sd_j · |A_jj|``, so that a gene
-    without regulators would move its own mean by ``strength`` standard deviations.
-    """
-    index = {g: i for i, g in enumerate(genes)}
-    c = np.zeros(len(genes))
-    for g, s in interventions.items():
-        if g not in index:
-            raise ConfigError(f"gene {g!r} is not modelled by this run; the linear what-if covers modelled genes only")
-        j = index[g]
-        c[j] = float(s) * float(sd[j]) * max(abs(float(A[j, j])), 1e-8)
-    return c
-
-
-def whatif_cells(model, A: np.ndarray, interventions: Mapping[str, float], *, n_cells: int = 300,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Cells of a linear what-if: the model's control latent states moved by ``−A⁻¹ c`` (METHOD §4,
-    :func:`whatif_shift`), then through the model's measurement model.
-
-    Returns
-    -------
-    shift
-        ``(d,)`` predicted mean shift of the latent state.
-    cells
-        ``(n_cells, d)`` log1p CP10k.
-    """
-    if not interventions:
-        raise ConfigError("choose at least one gene to knock down or activate")
-    c = whatif_drift_shift(A, model.genes, interventions, model.sd)
-    shift = whatif_shift(A, c)
-    pred = model.predict([KEYS.CONTROL], n_cells=n_cells, seed=seed)
-    latent = pred.latent[KEYS.CONTROL].astype(np.float64) + shift[None, :]
-    return shift, model.decode(latent, seed=seed + 1)
 
 
 # ---------------------------------------------------------------------------------------- shifts

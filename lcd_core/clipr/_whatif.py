@@ -1,12 +1,15 @@
-"""Linear what-if: the mean shift an intervention causes under the linearised dynamics (METHOD §4)."""
+"""Linear what-if: the mean shift a soft intervention causes under CLIPR's linearised dynamics, and the
+cells it predicts (METHOD §4; PRODUCT.md "in-silico knockdowns or activations")."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import scipy.linalg as sla
 
+from .._constants import KEYS
 from ..errors import ConfigError, LCDError
 
 #: below this reciprocal condition number of A (√eps) a what-if is refused as singular
@@ -54,3 +57,42 @@ def whatif_shift(A: np.ndarray, shift: np.ndarray) -> np.ndarray:
             f"whenever fewer genes were perturbed than modelled. Use the directed variant.")
     out = -sla.lu_solve(lu, c.T if c.ndim == 2 else c)  # one LU, many shift vectors
     return out.T if c.ndim == 2 else out
+
+
+def whatif_drift_shift(A: np.ndarray, genes: Sequence[str], interventions: Mapping[str, float],
+                       sd: np.ndarray) -> np.ndarray:
+    """Drift shift ``c`` of soft interventions, in state units.
+
+    ``interventions`` maps a gene to a signed strength (negative = knock-down, positive = activation)
+    in units of that gene's latent standard deviation: ``c_j = strength · sd_j · |A_jj|``, so that a gene
+    without regulators would move its own mean by ``strength`` standard deviations.
+    """
+    index = {g: i for i, g in enumerate(genes)}
+    c = np.zeros(len(genes))
+    for g, s in interventions.items():
+        if g not in index:
+            raise ConfigError(f"gene {g!r} is not modelled by this run; the linear what-if covers modelled genes only")
+        j = index[g]
+        c[j] = float(s) * float(sd[j]) * max(abs(float(A[j, j])), 1e-8)
+    return c
+
+
+def whatif_cells(model, A: np.ndarray, interventions: Mapping[str, float], *, n_cells: int = 300,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Cells of a linear what-if: the model's control latent states moved by ``−A⁻¹ c`` (METHOD §4,
+    :func:`whatif_shift`), then through the model's measurement model.
+
+    Returns
+    -------
+    shift
+        ``(d,)`` predicted mean shift of the latent state.
+    cells
+        ``(n_cells, d)`` log1p CP10k.
+    """
+    if not interventions:
+        raise ConfigError("choose at least one gene to knock down or activate")
+    c = whatif_drift_shift(A, model.genes, interventions, model.sd)
+    shift = whatif_shift(A, c)
+    pred = model.predict([KEYS.CONTROL], n_cells=n_cells, seed=seed)
+    latent = pred.latent[KEYS.CONTROL].astype(np.float64) + shift[None, :]
+    return shift, model.decode(latent, seed=seed + 1)

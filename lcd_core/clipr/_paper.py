@@ -1,63 +1,27 @@
-"""CLIPR: causal linearisation via perturbation responses (METHOD §4; Lorch et al. 2026)."""
+"""The paper's CLIPR: initial responses of the drift at a reference point, limit responses (its fixed
+points), then one ridge solve (METHOD §4; Lorch et al. 2026)."""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg as sla
 import torch
 
 from ..errors import ConfigError, LCDError, RunError
-from ._fixed_points import ScoreFn, convergence_warning, fixed_points
+from ._fixed_points import ScoreFn, convergence_warning, limit_responses
+from .._settings import CLIPR, REF_POINTS
+from ._result import CliprResult
 
 #: METHOD §4 notes: evaluating v_q at a moderate level (σ ≈ 0.17) beat σ_min, where the network
 #: extrapolates badly far from the data
 _MODERATE_SIGMA = 0.17
 
 
-@dataclass
-class CliprResult:
-    """Result of CLIPR (paper or directed variant).
-
-    Attributes
-    ----------
-    effects
-        ``(d, d)`` Âᵀ: entry ``[i, j]`` = direct effect of gene i on gene j (rows = SOURCES).
-    A
-        ``(d, d)`` SDE drift matrix Â (rows = targets), ``f(s) ≈ Â s + b + c_q``.
-    b
-        ``(d,)`` b̂ = −Â l_ctrl.
-    c
-        ``(d, K+1)`` ĉ_q = −Â (l_q − l_ctrl), column 0 the control (zero).
-    V, L
-        ``(d, K+1)`` initial and limit responses in state space (``V`` is ``None`` for directed CLIPR).
-    target_index
-        Target gene of each column (``None`` for the control).
-    params
-        The call's parameters (λ, reference point and level, schedule, variant, ...).
-    warnings
-        Human-readable warnings raised while estimating (rank deficiency, unconverged flows).
-    info
-        Diagnostics (fixed-point info, singular values of L, solver residuals).
-    """
-
-    effects: np.ndarray
-    A: np.ndarray
-    b: np.ndarray
-    c: np.ndarray
-    V: np.ndarray | None
-    L: np.ndarray
-    target_index: list
-    params: dict = field(default_factory=dict)
-    warnings: list = field(default_factory=list)
-    info: dict = field(default_factory=dict)
-
-
 def clipr_paper(
-    V: np.ndarray, L: np.ndarray, lam: float = 1e-4, *, ref: np.ndarray | None = None
+    V: np.ndarray, L: np.ndarray, lam: float = CLIPR.lam, *, ref: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """The paper's CLIPR ridge solve ``Â = −V Lᵀ (L Lᵀ + λI)⁻¹`` (METHOD §4).
 
@@ -68,7 +32,7 @@ def clipr_paper(
     L
         ``(d, K+1)`` limit responses l_q (fixed points) in state space, column 0 the control.
     lam
-        Ridge λ (1e-4 on the paper's benchmarks). ``0`` solves exactly and needs rank(L) = d.
+        Ridge λ (default :data:`~lcd_core.clipr.CLIPR`'s). ``0`` solves exactly and needs rank(L) = d.
     ref
         ``(d,)`` the reference point s⁰ at which V was evaluated; ``None`` = the state-space origin
         (the paper). For another s⁰ the affine model gives v_q = −A (l_q − s⁰), so L − s⁰ is regressed.
@@ -122,7 +86,7 @@ def clipr_paper(
             "of A in span(L) is identified; the ridge λ sets the rest to zero."
         )
         if lam == 0:
-            raise LCDError(msg + " With lam=0 the solve is singular; use lam > 0 (e.g. 1e-4).")
+            raise LCDError(msg + f" With lam=0 the solve is singular; use lam > 0 (e.g. {CLIPR.lam:g}).")
         msgs.append(msg)
     # Âᵀ = −(L Lᵀ + λ I)⁻¹ L Vᵀ  (METHOD §4)
     At = -sla.cho_solve(sla.cho_factor(G + lam * np.eye(d)), Lc @ V.T)
@@ -132,50 +96,6 @@ def clipr_paper(
     return A_hat, b_hat, c_hat, {"singular_values": s, "rank": rank, "rcond_LLt": float(rcond), "warnings": msgs}
 
 
-def limit_responses(
-    score_fn: ScoreFn,
-    sigmas: Sequence[float] | np.ndarray,
-    mu: np.ndarray,
-    sd: np.ndarray,
-    n: int,
-    *,
-    x_init: np.ndarray | None = None,
-    dtype: torch.dtype = torch.float32,
-    names: Sequence[str] | None = None,
-    **kwargs,
-) -> tuple[np.ndarray, dict]:
-    """Limit responses l_q: fixed points of the drift of conditions ``0 … n−1``, in state space (METHOD §4).
-
-    Parameters
-    ----------
-    score_fn, sigmas
-        As :func:`clipr_from_drift`.
-    mu, sd
-        ``(d,)`` standardisation x = (s − mu) / sd.
-    n
-        Number of conditions (``score_fn``'s condition indices 0 … n−1).
-    x_init
-        Start of the flows in standardised space; default the control mean (x = 0).
-    **kwargs
-        ``schedule``, ``tol``, ``max_steps``, ``batch_size``, ``device`` of :func:`fixed_points`.
-
-    Returns
-    -------
-    ``L`` ``(d, n)`` in state space and the :func:`fixed_points` info.
-    """
-    mu = np.asarray(mu, dtype=float).ravel()
-    sd = np.asarray(sd, dtype=float).ravel()
-    d = mu.size
-    if x_init is None:
-        x_init = np.zeros((n, d))
-    x0 = torch.as_tensor(np.broadcast_to(np.asarray(x_init, dtype=float), (n, d)).copy(), dtype=dtype)
-    x_fix, fp_info = fixed_points(score_fn, np.asarray(sigmas, dtype=float), torch.arange(n), x0, dtype=dtype,
-                                  names=names, **kwargs)
-    if not np.isfinite(x_fix).all():
-        raise RunError("The fixed points contain NaN/inf: the learned drift diverged.")
-    return (mu[None, :] + sd[None, :] * x_fix).T, fp_info
-
-
 def clipr_from_drift(
     score_fn: ScoreFn,
     sigmas: Sequence[float] | np.ndarray,
@@ -183,12 +103,12 @@ def clipr_from_drift(
     sd: np.ndarray,
     target_index: Sequence[int | None],
     *,
-    lam: float = 1e-4,
-    ref_point: str = "origin",
-    ref_sigma: float | None = None,
-    schedule: str = "denoiser",
-    tol: float | None = None,
-    max_steps: int | None = None,
+    lam: float = CLIPR.lam,
+    ref_point: str = CLIPR.ref_point,
+    ref_sigma: float | None = CLIPR.ref_sigma,
+    schedule: str = CLIPR.schedule,
+    fixed_point_tol: float | None = CLIPR.fixed_point_tol,
+    max_steps: int | None = CLIPR.max_steps,
     x_init: np.ndarray | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
@@ -213,13 +133,14 @@ def clipr_from_drift(
     lam
         Ridge λ.
     ref_point
-        ``"origin"``: s⁰ = 0 in state space (the paper); ``"control_mean"``: s⁰ = mu (x = 0), where the
-        network has seen data.
+        ``"control_mean"`` (default): s⁰ = mu (x = 0), where the network has seen data; ``"origin"``:
+        s⁰ = 0 in state space (the paper).
     ref_sigma
         Noise level at which v_q is read. ``None``: the trained level nearest 0.17 (METHOD §4 notes;
         the paper uses σ_min = ``sigmas[-1]``).
-    schedule, tol, max_steps, batch_size, dtype, device
-        Passed to :func:`fixed_points`; flows start from ``x_init`` (default the control mean, x = 0).
+    schedule, fixed_point_tol, max_steps, batch_size, dtype, device
+        Passed to :func:`fixed_points` (``fixed_point_tol`` as its ``tol``); flows start from ``x_init``
+        (default the control mean, x = 0).
     names
         ``(K+1,)`` condition names for messages (``ctrl`` and the target genes' symbols); default
         ``ctrl``, ``gene <index>``.
@@ -243,8 +164,8 @@ def clipr_from_drift(
     d = mu.size
     if sd.shape != (d,) or np.any(sd <= 0) or not np.all(np.isfinite(sd)):
         raise ConfigError("`sd` must be (d,), positive and finite.")
-    if ref_point not in ("origin", "control_mean"):
-        raise ConfigError(f"ref_point must be 'origin' or 'control_mean', got {ref_point!r}.")
+    if ref_point not in REF_POINTS:
+        raise ConfigError(f"ref_point must be one of {', '.join(REF_POINTS)}, got {ref_point!r}.")
     sig = np.asarray(sigmas, dtype=float)
     if ref_sigma is None:
         ref_sigma = float(sig[np.argmin(np.abs(np.log(sig / _MODERATE_SIGMA)))])
@@ -253,7 +174,7 @@ def clipr_from_drift(
     names = list(names) if names is not None else ["ctrl"] + [f"gene {t}" for t in tidx[1:]]
     if len(names) != len(tidx):
         raise ConfigError(f"`names` has {len(names)} entries for {len(tidx)} conditions.")
-    L, fp_info = limit_responses(score_fn, sig, mu, sd, n, schedule=schedule, tol=tol, max_steps=max_steps,
+    L, fp_info = limit_responses(score_fn, sig, mu, sd, n, schedule=schedule, tol=fixed_point_tol, max_steps=max_steps,
                                  x_init=x_init, dtype=dtype, device=device, batch_size=batch_size, names=names)
 
     # initial responses at the common reference point; chain rule f_state = f_std / sd (METHOD §4)
@@ -274,7 +195,7 @@ def clipr_from_drift(
         warnings.warn(m, stacklevel=2)
     params = {
         "variant": "paper", "lam": lam, "ref_point": ref_point, "ref_sigma": float(ref_sigma),
-        "schedule": schedule, "tol": fp_info["tol"], "max_steps": max_steps,
+        "schedule": schedule, "fixed_point_tol": fp_info["tol"], "max_steps": max_steps,
     }
     return CliprResult(
         effects=A_hat.T.copy(), A=A_hat, b=b_hat, c=c_hat, V=V, L=L, target_index=tidx,

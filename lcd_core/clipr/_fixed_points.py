@@ -1,4 +1,4 @@
-"""Fixed points of the learned drift for many conditions at once (METHOD §4, "limit responses")."""
+"""Limit responses: fixed points of the learned drift for many conditions at once (METHOD §4)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, RunError
+from ..sampling import annealed_flow
 
 #: the paper's base step, h_k = 1e-6 · (σ_k / σ_min)² (METHOD §3)
 _BASE_STEP = 1e-6
@@ -185,6 +186,50 @@ def fixed_points(
     return np.concatenate(out), info
 
 
+def limit_responses(
+    score_fn: ScoreFn,
+    sigmas: Sequence[float] | np.ndarray,
+    mu: np.ndarray,
+    sd: np.ndarray,
+    n: int,
+    *,
+    x_init: np.ndarray | None = None,
+    dtype: torch.dtype = torch.float32,
+    names: Sequence[str] | None = None,
+    **kwargs,
+) -> tuple[np.ndarray, dict]:
+    """Limit responses l_q: fixed points of the drift of conditions ``0 … n−1``, in state space (METHOD §4).
+
+    Parameters
+    ----------
+    score_fn, sigmas
+        As :func:`clipr_from_drift`.
+    mu, sd
+        ``(d,)`` standardisation x = (s − mu) / sd.
+    n
+        Number of conditions (``score_fn``'s condition indices 0 … n−1).
+    x_init
+        Start of the flows in standardised space; default the control mean (x = 0).
+    **kwargs
+        ``schedule``, ``tol``, ``max_steps``, ``batch_size``, ``device`` of :func:`fixed_points`.
+
+    Returns
+    -------
+    ``L`` ``(d, n)`` in state space and the :func:`fixed_points` info.
+    """
+    mu = np.asarray(mu, dtype=float).ravel()
+    sd = np.asarray(sd, dtype=float).ravel()
+    d = mu.size
+    if x_init is None:
+        x_init = np.zeros((n, d))
+    x0 = torch.as_tensor(np.broadcast_to(np.asarray(x_init, dtype=float), (n, d)).copy(), dtype=dtype)
+    x_fix, fp_info = fixed_points(score_fn, np.asarray(sigmas, dtype=float), torch.arange(n), x0, dtype=dtype,
+                                  names=names, **kwargs)
+    if not np.isfinite(x_fix).all():
+        raise RunError("The fixed points contain NaN/inf: the learned drift diverged.")
+    return (mu[None, :] + sd[None, :] * x_fix).T, fp_info
+
+
 def convergence_warning(info: dict, names: Sequence[str]) -> str | None:
     """The warning for flows whose result depends on where they stopped, or ``None``.
 
@@ -225,9 +270,8 @@ def convergence_warning(info: dict, names: Sequence[str]) -> str | None:
             f"depend on where the flows stopped; {fix}.")
 
 
-def _check_bounded(x: torch.Tensor, bound: float, names, sigma: float) -> torch.Tensor:
-    """``max|x|`` per row; raises a RunError naming the conditions whose state left the bound."""
-    xmax = x.abs().amax(dim=1)
+def _check_bounded(xmax: torch.Tensor, bound: float, names, sigma: float) -> None:
+    """Raises a RunError naming the conditions whose state (``max|x|`` per row) left the bound."""
     bad = ~torch.isfinite(xmax) | (xmax > bound)
     if bool(bad.any()):
         idx = torch.nonzero(bad).ravel().tolist()
@@ -237,7 +281,6 @@ def _check_bounded(x: torch.Tensor, bound: float, names, sigma: float) -> torch.
             f"standardised units at noise level σ = {sigma:.3g}). Try schedule='reference' or a "
             "smaller step_scale; if it persists the score network is not trained well enough."
         )
-    return xmax
 
 
 def _chord_newton(score_fn, sigma, cond, x, max_iter, tol, bound, names):
@@ -272,7 +315,7 @@ def _chord_newton(score_fn, sigma, cond, x, max_iter, tol, bound, names):
         if tol > 0 and not bool(active.any()):
             break
         x_new = x + alpha[:, None] * dx
-        xmax = _check_bounded(x_new, bound, names, sigma)
+        _check_bounded(x_new.abs().amax(dim=1), bound, names, sigma)
         f_new = score_fn(x_new, sigma, cond).to(x.dtype)
         n_evals += 1
         res_new = f_new.double().norm(dim=1).cpu()
@@ -288,19 +331,9 @@ def _chord_newton(score_fn, sigma, cond, x, max_iter, tol, bound, names):
 
 
 def _annealed_flow(score_fn, sig, cond, x, n_steps, scale, tol, bound, names, sig_min, denoiser_step=False):
-    """Noise-free annealed Langevin flow (Euler) with a per-level early stop; returns the last state."""
-    steps = np.zeros(len(sig), dtype=int)
-    rel = torch.full((len(cond),), float("inf"), dtype=torch.float64)
-    n_evals = 0
-    for k, s in enumerate(sig):
-        h = scale * float(s) ** 2 if denoiser_step else scale * _BASE_STEP * (float(s) / sig_min) ** 2
-        for _ in range(n_steps):
-            dx = h * score_fn(x, float(s), cond).to(x.dtype)
-            x = x + dx  # Euler step of dx/dt = s(x, σ_k): the annealed Langevin step without its noise
-            n_evals += 1
-            steps[k] += 1
-            xmax = _check_bounded(x, bound, names, float(s))
-            rel = (dx.abs().amax(dim=1) / (1.0 + xmax)).double().cpu()
-            if tol > 0 and bool((rel < tol).all()):
-                break
-    return x, rel.numpy(), steps, n_evals
+    """The sampler's noise-free annealed flow (:func:`lcd_core.sampling.annealed_flow`) with this module's step
+    rule and divergence check; returns ``(x, rel, steps per level, n_evals)``."""
+    steps = [scale * float(s) ** 2 if denoiser_step else scale * _BASE_STEP * (float(s) / sig_min) ** 2 for s in sig]
+    x, info = annealed_flow(score_fn, [float(s) for s in sig], steps, x, cond, n_steps_per_level=n_steps, tol=tol,
+                            check=lambda xmax, sigma: _check_bounded(xmax, bound, names, sigma))
+    return x, info["rel_step"], info["steps"], info["n_evals"]

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.linalg as sla
 
+from .._settings import CLIPR
 from ..errors import ConfigError, LCDError
-from ._clipr import CliprResult
+from ._result import CliprResult
 
 #: above this d the dense d² × d² normal matrix is too large; use matrix-free CG
 _DENSE_MAX_D = 30
@@ -31,8 +32,8 @@ def clipr_directed(
     delta_L: np.ndarray,
     targets: Sequence[int],
     *,
-    weight_on_target: float = 1.0,
-    ridge: float = 1e-10,
+    weight_on_target: float = CLIPR.weight_on_target,
+    ridge: float = CLIPR.ridge,
     scale: float = 1.0,
     solver: str = "auto",
     tol: float = 1e-10,
