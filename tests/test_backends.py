@@ -418,6 +418,14 @@ def test_ray_sharded_stage1_matches_one_piece(ray_backend, screen_path):
     assert len(lat_s) == len(counts)
     for a, b in zip(lat_s, lat_w):
         assert np.abs(a.mean(0) - b.mean(0)).max() < 0.35 * (1 + np.abs(b.mean(0)).max())
+    # the Ray tasks run the engine's algorithm: the same result as its serial map in this process
+    from lcd_core.train import fit_stage1_sharded as fit_serial
+
+    serial = fit_serial(counts, u, cfg, n_shards=2)
+    torch.testing.assert_close(serial.noise.dropout_logit, sharded.noise.dropout_logit, atol=1e-4, rtol=0)
+    for a, b in zip(serial.sample_latents(50, seed=0), sharded.sample_latents(50, seed=0)):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert serial.history[-1] == pytest.approx(sharded.history[-1], rel=1e-4)
     # resumable through its state (done: no further steps)
     again = fit_stage1_sharded(counts, u, cfg, n_shards=2, state=sharded.state_dict())
     assert again.step == sharded.step
