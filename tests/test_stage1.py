@@ -132,7 +132,7 @@ def test_progress_callback_and_subset_of_conditions():
     calls = []
     config = Stage1Config(generator="gaussian", n_samples=32, batch_size=8, steps=4, warmup=1, log_every=2,
                           conditions_per_step=2)
-    result = fit_stage1(counts, u, config, progress=lambda step, total, rec: calls.append((step, total, rec["loss"])))
+    result = fit_stage1(counts, u, config, progress=lambda p: calls.append((p.step, p.total, p.loss)))
     assert [c[:2] for c in calls] == [(2, 4), (4, 4)]
     assert all(np.isfinite(c[2]) for c in calls)
     lat = result.sample_latents(5, seed=0)
@@ -207,7 +207,7 @@ def test_sharded_stage1_with_the_serial_map():
         return [fn(item) for item in items]
 
     sharded = fit_stage1_sharded(counts, u, config, map_fn=serial, n_shards=2,
-                                 progress=lambda s, t, r: seen.append(r))
+                                 progress=lambda p: seen.append(p.record))
     assert calls == [2] and sharded.done and sharded.bounds == [(0, 2), (2, 4)]
     parts = [fit_stage1(counts[:2], u, config), fit_stage1(counts[2:], u, config)]
     # generators: shard i is the one-piece fit of its conditions (drawn with seed + i)

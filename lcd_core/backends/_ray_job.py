@@ -35,7 +35,7 @@ class RayJob(Job):
         except Exception:  # the sink died with the cluster: the task's own error says why
             return
         for item in items:
-            self._events.put(tuple(item))
+            self._events.put(item)
 
     def _step(self, timeout: float) -> bool:
         import ray

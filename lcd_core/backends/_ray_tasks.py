@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import __version__
+from .._progress import Progress
 from ._base import BackendError, BackendUnavailable
 from ._local import clipr_run, predict_run, train_run
 from ._ray_cluster import _import_ray
@@ -67,8 +68,8 @@ def _train_task(spec: dict, screen_blob: bytes | None, resume_blob: bytes | None
     _check_version(spec["version"])
     _worker_setup()
 
-    def progress(stage, step, total, record):
-        sink.push.remote((stage, int(step), int(total), _plain(record)))
+    def progress(p: Progress) -> None:
+        sink.push.remote(Progress(p.stage, int(p.step), int(p.total), _plain(p.record)))
 
     kwargs = dict(config=spec["config"], device=spec["device"], heldout=spec["heldout"], fold=spec["fold"],
                   read_kwargs=spec["read_kwargs"], max_seconds_per_stage=spec["max_seconds_per_stage"],

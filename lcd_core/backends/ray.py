@@ -8,7 +8,7 @@ What runs where
 ---------------
 - A training is one task (1 GPU when the cluster has one and ``device`` allows it, else 1 CPU) that runs
   the engine's :func:`lcd_core.model.train`. Its progress records go to a small actor the client drains
-  (``progress(stage, step, total, record)``, as the local backend). Stage 1 can be sharded across
+  (one :class:`~lcd_core.train.Progress` each, as the local backend). Stage 1 can be sharded across
   workers (see "Stage 1 across workers").
 - Prediction splits the requested perturbations across tasks; CLIPR (either variant, through the same
   :func:`lcd_core.model.get_clipr` as a local call) runs as one task (the paper variant's fixed points are
@@ -183,7 +183,7 @@ class RayBackend(Backend):
         """The k trainings of ``lcd evaluate --folds`` at once, one task each (as many run together as the
         cluster has GPUs or CPUs for); progress stages are prefixed ``fold{F}/``."""
         def tagged(f):
-            return (lambda stage, *rest: progress(f"fold{f}/{stage}", *rest)) if progress is not None else None
+            return (lambda p: progress(p.with_stage(f"fold{f}/{p.stage}"))) if progress is not None else None
 
         jobs = [self.submit_train(screen, o, config=config, device=device, fold=f, read_kwargs=read_kwargs,
                                   max_seconds_per_stage=max_seconds_per_stage) for o, f in zip(outs, folds)]
@@ -192,7 +192,7 @@ class RayBackend(Backend):
                 for f, j in zip(folds, jobs):
                     for event in j.poll():
                         if progress is not None:
-                            tagged(f)(*event)
+                            tagged(f)(event)
                 time.sleep(0.25)
         except KeyboardInterrupt:
             for j in jobs:

@@ -24,6 +24,7 @@ import torch
 from ..errors import ConfigError
 from ..module._generator import StackedGenerators
 from ..module._noise import ZIPNoise
+from .._progress import Progress, ProgressFn
 from ._stage1 import Stage1Config, Stage1Result, fit_stage1
 
 #: ``map_fn(fn, items) -> [fn(item) for item in items]``, in order (the builtin ``map`` qualifies)
@@ -43,7 +44,7 @@ class Shard:
     device: str
     state: dict | None  # the shard's state_dict() to resume from
     max_seconds: float | None
-    progress: Callable[[int, int, dict], None] | None = None
+    progress: ProgressFn | None = None
 
     def __getstate__(self) -> dict:
         return dict(self.__dict__, progress=None)
@@ -104,7 +105,7 @@ class ShardedStage1Result:
 
 def fit_stage1_sharded(counts: list[np.ndarray], unit_scale: np.ndarray, config: Stage1Config, *,
                        map_fn: MapFn = map, n_shards: int = 2, device: str = "cpu",
-                       shard_device: str | None = None, progress: Callable[[int, int, dict], None] | None = None,
+                       shard_device: str | None = None, progress: ProgressFn | None = None,
                        state: dict | None = None, max_seconds: float | None = None) -> ShardedStage1Result:
     """:func:`fit_stage1` with the conditions split into shards (one round; see the module docstring).
 
@@ -138,8 +139,8 @@ def fit_stage1_sharded(counts: list[np.ndarray], unit_scale: np.ndarray, config:
     cfg, u = asdict(config), np.asarray(unit_scale)
     shard0_progress = None
     if progress is not None:
-        def shard0_progress(step: int, total: int, record: dict) -> None:
-            progress(step, total, dict(record, shard=0))
+        def shard0_progress(p: Progress) -> None:
+            progress(p.with_record(shard=0))
     shards = [Shard(counts[lo:hi], u, cfg, str(device) if i == 0 else str(shard_device or device),
                     state["shards"][i] if state is not None else None, max_seconds,
                     shard0_progress if i == 0 else None)
@@ -162,5 +163,5 @@ def fit_stage1_sharded(counts: list[np.ndarray], unit_scale: np.ndarray, config:
         record["loss"] = float(np.average([h["loss"] for h in last], weights=w))
     history.append(record)
     if progress is not None:
-        progress(record["step"], config.steps, record)
+        progress(Progress("stage1", record["step"], config.steps, record))
     return ShardedStage1Result(results, bounds, u, config, history)
