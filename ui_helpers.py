@@ -601,19 +601,14 @@ def cancel_training(name: str) -> None:
 def training_progress(rec: dict) -> dict:
     """Stage, step, total, loss, ETA (s) and the loss history of a training, from its log.jsonl."""
     from lcd_core.model import RunDir
+    from lcd_core.train import last_progress
 
     log = RunDir(rec["out"]).read_log()
-    prog = [r for r in log if r.get("event") == "progress"]
-    out = {"stage": None, "step": 0, "total": 0, "loss": None, "eta": None, "history": pd.DataFrame(prog),
-           "tail": ""}
-    if prog:
-        last = prog[-1]
-        out.update(stage=last.get("stage"), step=int(last.get("step", 0)), total=int(last.get("total", 0)),
-                   loss=last.get("loss"))
-        same = [r for r in prog if r.get("stage") == last.get("stage")]
-        if len(same) >= 2 and same[-1]["step"] > same[0]["step"]:
-            rate = (same[-1]["time"] - same[0]["time"]) / (same[-1]["step"] - same[0]["step"])
-            out["eta"] = max(0.0, rate * (out["total"] - out["step"]))
+    last, eta = last_progress(log)
+    out = {"stage": None, "step": 0, "total": 0, "loss": None, "eta": eta,
+           "history": pd.DataFrame([r for r in log if r.get("event") == "progress"]), "tail": ""}
+    if last is not None:
+        out.update(stage=last.stage, step=last.step, total=last.total, loss=last.loss)
     try:
         out["tail"] = (_jobs_dir() / f"{rec['name']}.log").read_text(errors="replace")[-1500:]
     except OSError:

@@ -187,7 +187,8 @@ def stage_cap(remaining: float, overhead: float, a: argparse.Namespace) -> float
 def run_one(name: str, backend, screen: Path, out: Path, cfg, device: str, cap: float) -> dict:
     shown = {}
 
-    def progress(stage, step, total, record):
+    def progress(p):  # a lcd_core.train.Progress
+        stage, step, total, record = p.stage, p.step, p.total, p.record
         # about ten lines per stage
         every = max(1, total // 10)
         if step // every != shown.get(stage, -1) or step == total:

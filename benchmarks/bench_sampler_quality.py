@@ -307,9 +307,9 @@ def main() -> None:
     log(f"simulated {adata.n_obs} cells in {len(screen.conditions)} conditions; training stage 2 ({args.steps} steps)")
     every = max(1, args.steps // 10)
 
-    def progress(stage, step, total, rec):
-        if step % every == 0 or step == total:
-            log(f"  {stage} step {step}/{total} loss {rec.get('loss', float('nan')):.4f}")
+    def progress(p):  # a lcd_core.train.Progress
+        if p.step % every == 0 or p.step == p.total:
+            log(f"  {p.stage} step {p.step}/{p.total} loss {p.record.get('loss', float('nan')):.4f}")
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

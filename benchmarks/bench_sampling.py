@@ -99,10 +99,10 @@ def main():
     t0 = time.perf_counter()
     res = fit_stage2(x, pert, cfg, max_seconds=args.train_seconds)
     net = res.net
-    out["training"] = {"steps": res.state["step"], "seconds": time.perf_counter() - t0,
-                       "final_loss": res.history[-1]["loss"] if res.history else None, "config": res.state["config"]}
+    out["training"] = {"steps": res.state_dict()["step"], "seconds": time.perf_counter() - t0,
+                       "final_loss": res.history[-1]["loss"] if res.history else None, "config": res.state_dict()["config"]}
     save(out, [])
-    print(f"trained {res.state['step']} steps in {out['training']['seconds']:.0f} s")
+    print(f"trained {res.state_dict()['step']} steps in {out['training']['seconds']:.0f} s")
 
     # per-evaluation cost at d = 100
     with torch.inference_mode():

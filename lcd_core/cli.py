@@ -136,11 +136,12 @@ class _ProgressBar:
     def __init__(self, quiet: bool = False):
         self.quiet, self.stage, self.t0 = quiet, None, 0.0
 
-    def __call__(self, stage: str, step: int, total: int, record: dict) -> None:
+    def __call__(self, p) -> None:  # p: lcd_core.train.Progress
         import time
 
         if self.quiet:
             return
+        stage, step, total, record = p.stage, p.step, p.total, p.record
         if stage != self.stage:
             if self.stage is not None:
                 sys.stderr.write("\n")
@@ -235,7 +236,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     bar = _ProgressBar(args.quiet)
     try:
         fit = fit_report(model, screen, validation=validation, n_cells=args.cells, seed=args.seed,
-                         progress=lambda i, n, c: bar("fit", i, n, {}))
+                         progress=bar)
     finally:
         bar.close()
     atomic_write_json(Path(args.run) / FIT_FILE, fit)

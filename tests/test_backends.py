@@ -51,7 +51,7 @@ def local_run(screen_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "run"
     events = []
     LocalBackend().train(screen_path, out, config=tiny_config(), device="cpu",
-                         progress=lambda *e: events.append(e))
+                         progress=events.append)
     return out, events
 
 
@@ -60,7 +60,7 @@ def test_local_backend_train_predict_clipr(local_run):
     out, events = local_run
     assert RunDir(out).is_complete()
     # the two training stages, then the fit check of the finished run (fit.json)
-    assert {e[0] for e in events} == {"stage1", "stage2", "fit"} and events[-1][1] == events[-1][2]
+    assert {e.stage for e in events} == {"stage1", "stage2", "fit"} and events[-1].step == events[-1].total
     b = get_backend("local")
     pred = b.predict(out, ["G00+G01", "ctrl"], 50, seed=0)
     assert {k: v.shape for k, v in pred.cells.items()} == {"G00+G01": (50, 12), "ctrl": (50, 12)}
@@ -125,7 +125,7 @@ def ray_backend():
 def ray_run(ray_backend, screen_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("ray") / "run"
     events = []
-    ray_backend.train(screen_path, out, config=tiny_config(), device="auto", progress=lambda *e: events.append(e))
+    ray_backend.train(screen_path, out, config=tiny_config(), device="auto", progress=events.append)
     return out, events
 
 
@@ -153,7 +153,7 @@ def test_ray_run_directory_matches_local(ray_run, local_run):
     assert rmeta["info"].pop("run") == str(rout) and lmeta["info"].pop("run") == str(lout)
     assert rmeta == lmeta
     # the same progress stream as the local backend
-    assert [e[:3] for e in revents] == [e[:3] for e in levents]
+    assert [(e.stage, e.step, e.total) for e in revents] == [(e.stage, e.step, e.total) for e in levents]
 
 
 @ray_only
@@ -240,7 +240,7 @@ def test_ray_train_folds_matches_local(ray_backend, tmp_path):
         RunDir(run).write_config({"config": tiny_config().to_dict()})  # evaluate_folds reads the configuration
         events[name] = []
         tables[name] = evaluate_folds(run, screen, n_cells=30, device="cpu", folds=folds, backend=backend,
-                                      progress=lambda *e, name=name: events[name].append(e))
+                                      progress=events[name].append)
         for f in folds:  # one finished run per fold, holding out that fold's doubles (and the tuning ones)
             cfg = RunDir(run / "folds" / str(f)).require_complete()
             assert set(protocol["folds"][f]) <= set(cfg["heldout"])
@@ -251,8 +251,9 @@ def test_ray_train_folds_matches_local(ray_backend, tmp_path):
         assert set(rt.loc[rt.fold == f, "condition"]) == set(protocol["folds"][f])
     assert set(rt.fold) == set(folds) and set(rt.method) == set(lt.method) and "lcd" in set(rt.method)
     # progress streamed back per fold, the same records as the local backend (there: one fold after the other)
-    assert {e[0] for e in events["ray"]} == {f"fold{f}/{s}" for f in folds for s in ("stage1", "stage2", "fit")}
-    assert sorted(e[:3] for e in events["ray"]) == sorted(e[:3] for e in events["local"])
+    assert {e.stage for e in events["ray"]} == {f"fold{f}/{s}" for f in folds for s in ("stage1", "stage2", "fit")}
+    assert sorted((e.stage, e.step, e.total) for e in events["ray"]) == sorted(
+        (e.stage, e.step, e.total) for e in events["local"])
     # the same fold runs as a local training ...
     for f in folds:
         rcfg, lcfg = (RunDir(tmp_path / b / "folds" / str(f)).read_config() for b in ("ray", "local"))
@@ -291,8 +292,8 @@ _CLIENT = textwrap.dedent("""
     cfg = tiny_config()
     cfg.stage1.steps, cfg.stage1.log_every, cfg.checkpoint_seconds = 1_000_000, 5, 0.5
     backend = get_backend("ray", address={address!r}, transfer="shared")
-    def progress(stage, step, total, record):
-        print("EVENT", stage, step, flush=True)
+    def progress(p):
+        print("EVENT", p.stage, p.step, flush=True)
     try:
         backend.train({screen!r}, {out!r}, config=cfg, device="auto", progress=progress)
     except KeyboardInterrupt:
@@ -418,6 +419,14 @@ def test_ray_sharded_stage1_matches_one_piece(ray_backend, screen_path):
     assert len(lat_s) == len(counts)
     for a, b in zip(lat_s, lat_w):
         assert np.abs(a.mean(0) - b.mean(0)).max() < 0.35 * (1 + np.abs(b.mean(0)).max())
+    # the Ray tasks run the engine's algorithm: the same result as its serial map in this process
+    from lcd_core.train import fit_stage1_sharded as fit_serial
+
+    serial = fit_serial(counts, u, cfg, n_shards=2)
+    torch.testing.assert_close(serial.noise.dropout_logit, sharded.noise.dropout_logit, atol=1e-4, rtol=0)
+    for a, b in zip(serial.sample_latents(50, seed=0), sharded.sample_latents(50, seed=0)):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert serial.history[-1] == pytest.approx(sharded.history[-1], rel=1e-4)
     # resumable through its state (done: no further steps)
     again = fit_stage1_sharded(counts, u, cfg, n_shards=2, state=sharded.state_dict())
     assert again.step == sharded.step
@@ -442,7 +451,7 @@ def test_ray_sharded_stage1_in_the_training_driver(ray_backend, screen_path, tmp
     res = _run_sliced(
         "stage1", RunDir(tmp_path / "run"), 0.5, None,
         lambda state, secs: fit_stage1_sharded(counts, u, cfg, state=state, max_seconds=secs, n_shards=2,
-                                               progress=lambda s, t, r: seen.append(r)),
+                                               progress=lambda p: seen.append(p.record)),
         get_state=lambda r: r.state_dict(), is_done=lambda r: r.done)
     assert res.done and len(res.history) >= 2, "expected several rounds"
     assert (tmp_path / "run" / "checkpoints" / "stage1.pt").exists()
@@ -514,7 +523,7 @@ _RAY_CLIENT = textwrap.dedent("""
     from lcd_core.model import RunDir
     with get_backend("ray", address={address!r}) as backend:
         events = []
-        run = backend.train({screen!r}, {out!r}, config=tiny_config(), progress=lambda *e: events.append(e))
+        run = backend.train({screen!r}, {out!r}, config=tiny_config(), progress=events.append)
         pred = backend.predict(run, ["G00+G01"], 20)
         print("RESULT", RunDir(run).is_complete(), len(events), pred.cells["G00+G01"].shape, flush=True)
 """)

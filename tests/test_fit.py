@@ -221,8 +221,8 @@ def test_an_interrupted_training_resumes_with_its_stored_validation_split(tmp_pa
     cfg = tiny_config()
     cfg.stage1.steps, cfg.stage2.steps = 20, 100
 
-    def stop_in_stage2(stage, step, total, record):
-        if stage == "stage2":
+    def stop_in_stage2(p):
+        if p.stage == "stage2":
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

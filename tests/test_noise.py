@@ -110,15 +110,19 @@ def test_sample_counts_statistics():
     np.testing.assert_allclose(y.var(0), (1 - pi) * rate * (1 + pi * rate), rtol=0.02)
 
 
-def test_decode_log1p_normalisation():
-    noise = ZIPNoise(np.ones(4))
-    s = torch.tensor([[3.0, 1.0, 0.0, 2.0], [-80.0, -80.0, -80.0, -80.0]])  # 2nd cell: no counts
-    gen = torch.Generator().manual_seed(0)
-    x = noise.decode_log1p(s, torch.Generator().manual_seed(0))
-    y = noise.sample_counts(s, gen)  # same draw
-    assert y[0].sum() > 0 and y[1].sum() == 0
-    np.testing.assert_allclose(torch.expm1(x[0]).sum().item(), 1e4, rtol=1e-5)
-    np.testing.assert_allclose(x[0].numpy(), np.log1p(y[0].numpy() / y[0].sum().item() * 1e4), rtol=1e-5)
+def test_decode_is_log1p_cp10k_of_the_count_draw():
+    """LCD.decode, the one decoding of latent states to expression: ZIP counts, then log1p CP10k."""
+    from lcd_core.model import LCD
+    from lcd_core.module import ScoreNet
+
+    model = LCD(genes=list("abcd"), pert_genes=list("abcd"), conditions=["ctrl"], mu=np.zeros(4), sd=np.ones(4),
+                net=ScoreNet(4, 4, hidden=8, emb_dim=4, level_emb_dim=8), noise=ZIPNoise(np.ones(4)))
+    s = np.array([[3.0, 1.0, 0.0, 2.0], [-80.0, -80.0, -80.0, -80.0]])  # 2nd cell: no counts
+    x = model.decode(s, seed=0)
+    y = model.decode_counts(s, seed=0)  # same draw
+    assert x.dtype == np.float32 and y[0].sum() > 0 and y[1].sum() == 0
+    np.testing.assert_allclose(np.expm1(x[0]).sum(), 1e4, rtol=1e-5)
+    np.testing.assert_allclose(x[0], np.log1p(y[0] / y[0].sum() * 1e4), rtol=1e-5)
     assert (x[1] == 0).all()
 
 

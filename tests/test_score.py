@@ -202,7 +202,7 @@ def _score_errors(trained_screen, sigma):
 
 def test_learned_score_matches_the_true_score_of_a_linear_gaussian_screen(trained_screen):
     res = trained_screen[0]
-    assert res.finished and res.history[-1]["loss"] < res.history[0]["loss"]
+    assert res.done and res.history[-1]["loss"] < res.history[0]["loss"]
     # σ = 0.1: within-condition std in standardised space is 0.3–1, so this level is already close to the
     # data's own score (Σ + σ²I differs from Σ by ≤ 10 %). Threshold 0.35: the score of the wrong
     # condition (control) is off by > 1 and 500 cells per condition limit the d×d precision to
@@ -228,14 +228,14 @@ def test_fit_stage2_resumes_and_state_is_weights_only_loadable(tmp_path):
     assert full.net.trained_mask.tolist() == [True, False, False, True, False, False, False, True]
     # interrupted by the time limit, saved, loaded with weights_only, resumed: same net as uninterrupted
     part = fit_stage2(x, pert, cfg, max_seconds=0.0)
-    assert not part.finished and part.state["step"] == 0
-    part = fit_stage2(x, pert, cfg, state=part.state, max_seconds=0.02)
+    assert not part.done and part.state_dict()["step"] == 0
+    part = fit_stage2(x, pert, cfg, state=part.state_dict(), max_seconds=0.02)
     path = tmp_path / "s2.pt"
-    torch.save(part.state, path)
+    torch.save(part.state_dict(), path)
     resumed = fit_stage2(x, pert, cfg, state=torch.load(path, weights_only=True))
-    assert resumed.finished and resumed.state["step"] == 40
-    for k, v in full.state["net"].items():
-        torch.testing.assert_close(resumed.state["net"][k], v, rtol=0, atol=0)
+    assert resumed.done and resumed.state_dict()["step"] == 40
+    for k, v in full.state_dict()["net"].items():
+        torch.testing.assert_close(resumed.state_dict()["net"][k], v, rtol=0, atol=0)
 
 
 def test_output_scaling_sigma_out():

@@ -132,7 +132,7 @@ def test_progress_callback_and_subset_of_conditions():
     calls = []
     config = Stage1Config(generator="gaussian", n_samples=32, batch_size=8, steps=4, warmup=1, log_every=2,
                           conditions_per_step=2)
-    result = fit_stage1(counts, u, config, progress=lambda step, total, rec: calls.append((step, total, rec["loss"])))
+    result = fit_stage1(counts, u, config, progress=lambda p: calls.append((p.step, p.total, p.loss)))
     assert [c[:2] for c in calls] == [(2, 4), (4, 4)]
     assert all(np.isfinite(c[2]) for c in calls)
     lat = result.sample_latents(5, seed=0)
@@ -187,3 +187,49 @@ def test_warm_start_is_exact_gaussian(kind):
     z = torch.randn(1, 5, 8, dtype=torch.float64)
     with torch.no_grad():
         np.testing.assert_allclose(gen(z, torch.tensor([1]))[0].numpy(), gen(z.expand(2, 5, 8))[1].numpy())
+
+
+def test_sharded_stage1_with_the_serial_map():
+    """The sharded algorithm (what the Ray backend runs, here with a serial ``map``): each shard is exactly
+    ``fit_stage1`` on its conditions, and the shared dropout is the cell-weighted mean probability."""
+    import pickle
+
+    from lcd_core.train import fit_stage1_sharded
+    from lcd_core.train._sharded import Shard
+
+    _, _, u, _, counts = _screen(d=8, K=4, n=40)
+    counts[3] = counts[3][:20]  # unequal cells per shard: the average is weighted by cells
+    config = Stage1Config(generator="gaussian", n_samples=32, batch_size=8, steps=6, warmup=1, log_every=3)
+    calls, seen = [], []
+
+    def serial(fn, items):
+        calls.append(len(items))
+        return [fn(item) for item in items]
+
+    sharded = fit_stage1_sharded(counts, u, config, map_fn=serial, n_shards=2,
+                                 progress=lambda p: seen.append(p.record))
+    assert calls == [2] and sharded.done and sharded.bounds == [(0, 2), (2, 4)]
+    parts = [fit_stage1(counts[:2], u, config), fit_stage1(counts[2:], u, config)]
+    # generators: shard i is the one-piece fit of its conditions (drawn with seed + i)
+    for got, want in zip(sharded.sample_latents(7, seed=0), parts[0].sample_latents(7, seed=0)
+                         + parts[1].sample_latents(7, seed=1)):
+        np.testing.assert_array_equal(got, want)
+    # dropout: cell-weighted mean of the shards' probabilities
+    w = np.array([sum(len(y) for y in counts[:2]), sum(len(y) for y in counts[2:])], dtype=float)
+    pi = (w[0] * parts[0].noise.dropout.detach().double() + w[1] * parts[1].noise.dropout.detach().double()) / w.sum()
+    torch.testing.assert_close(sharded.noise.dropout.detach().double(), pi, atol=1e-6, rtol=0)
+    # progress: shard 0's records, then the merged record of the round
+    assert [r.get("shard") for r in seen] == [0, 0, None] and seen[-1]["shards"] == 2
+    assert seen[-1]["dropout_spread"] == pytest.approx(float((torch.stack(
+        [p.noise.dropout.detach().double() for p in parts]) - pi).abs().max()), abs=1e-6)
+    # one shard is plain stage 1 (up to the logit round trip)
+    one = fit_stage1_sharded(counts, u, config, n_shards=1)
+    torch.testing.assert_close(one.noise.dropout_logit, fit_stage1(counts, u, config).noise.dropout_logit,
+                               atol=1e-4, rtol=0)
+    # resumable in rounds; a shard that travels to another process leaves its progress callback behind
+    half = fit_stage1_sharded(counts, u, config, n_shards=2, max_seconds=0.0)
+    assert not half.done
+    again = fit_stage1_sharded(counts, u, config, n_shards=2, state=half.state_dict())
+    assert again.done and len(again.history) == 2
+    shard = Shard(counts[:1], u, {}, "cpu", None, None, progress=print)
+    assert pickle.loads(pickle.dumps(shard)).progress is None and shard.progress is print

@@ -11,9 +11,10 @@ at the edge: nothing else in the package imports it).
 
 from __future__ import annotations
 
-from ._base import Backend, BackendError, BackendResourceError, BackendUnavailable, Job, JobCancelled, Progress
+from ._base import (Backend, BackendError, BackendResourceError, BackendUnavailable, Job, JobCancelled,
+                    Progress, ProgressFn)
 from ._factory import BACKENDS, get_backend
 from ._local import LocalBackend
 
 __all__ = ["get_backend", "Backend", "Job", "LocalBackend", "BackendError", "BackendUnavailable",
-           "BackendResourceError", "JobCancelled", "Progress", "BACKENDS"]
+           "BackendResourceError", "JobCancelled", "Progress", "ProgressFn", "BACKENDS"]

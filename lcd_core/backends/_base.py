@@ -2,7 +2,7 @@
 
 The CLI and the app talk to a :class:`Backend` only; the engine (:mod:`lcd_core.model`, :mod:`lcd_core.tl`)
 never knows which one it runs under. A training is a :class:`Job`: it streams the progress records of
-the engine (``progress(stage, step, total, record)``), can be cancelled from any thread, and ends with a
+the engine (one :class:`~lcd_core.train.Progress` each), can be cancelled from any thread, and ends with a
 finished run directory at ``out`` on the client, or nothing that looks complete.
 """
 
@@ -17,13 +17,11 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._progress import Progress, ProgressFn  # noqa: F401 (re-exported)
 from ..errors import BackendError, BackendResourceError, BackendUnavailable, JobCancelled, LCDError  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # torch-free import of the backends
     from ..clipr import CliprOptions
-
-#: ``progress(stage, step, total, record)``, the callback of :func:`lcd_core.model.train`
-Progress = Callable[[str, int, int, dict], None]
 
 
 class Job(ABC):
@@ -37,9 +35,9 @@ class Job(ABC):
 
     def __init__(self, out: str | os.PathLike):
         self.out = Path(out)
-        self._events: queue.SimpleQueue[tuple[str, int, int, dict]] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[Progress] = queue.SimpleQueue()
         self._cancel = threading.Event()
-        self.last: tuple[str, int, int, dict] | None = None
+        self.last: Progress | None = None
 
     # what a subclass provides ------------------------------------------------------------------
     @abstractmethod
@@ -65,8 +63,8 @@ class Job(ABC):
         self._cancel.set()
         self._request_cancel()
 
-    def poll(self) -> list[tuple[str, int, int, dict]]:
-        """Progress records ``(stage, step, total, record)`` since the last call (non-blocking)."""
+    def poll(self) -> list[Progress]:
+        """Progress reports since the last call (non-blocking)."""
         self._step(0.0)
         out = []
         while True:
@@ -81,7 +79,7 @@ class Job(ABC):
     def done(self) -> bool:
         return self._step(0.0)
 
-    def wait(self, progress: Progress | None = None, *, timeout: float | None = None,
+    def wait(self, progress: ProgressFn | None = None, *, timeout: float | None = None,
              interval: float = 0.25) -> Path:
         """Block until the job ends, calling ``progress`` for each record; return the run directory.
 
@@ -93,7 +91,7 @@ class Job(ABC):
                 finished = self._step(interval)
                 for event in self.poll():
                     if progress is not None:
-                        progress(*event)
+                        progress(event)
                 if finished:
                     return self._result()
                 if timeout is not None and time.monotonic() - t0 > timeout:
@@ -132,7 +130,7 @@ class Backend(ABC):
         """
 
     def train(self, screen: str | os.PathLike, out: str | os.PathLike, *, config, device: str = "auto",
-              heldout: list[str] | None = None, fold: int | None = None, progress: Progress | None = None,
+              heldout: list[str] | None = None, fold: int | None = None, progress: ProgressFn | None = None,
               read_kwargs: dict | None = None, max_seconds_per_stage: float | None = None) -> Path:
         """Train and wait (Ctrl-C cancels); return the finished run directory ``out``."""
         job = self.submit_train(screen, out, config=config, device=device, heldout=heldout, fold=fold,
@@ -140,13 +138,13 @@ class Backend(ABC):
         return job.wait(progress)
 
     def train_folds(self, screen: str | os.PathLike, outs: Sequence[str | os.PathLike], folds: Sequence[int], *,
-                    config, device: str = "auto", progress: Progress | None = None, read_kwargs: dict | None = None,
+                    config, device: str = "auto", progress: ProgressFn | None = None, read_kwargs: dict | None = None,
                     max_seconds_per_stage: float | None = None) -> list[Path]:
         """The k trainings of ``lcd evaluate --folds`` (fold ``folds[i]`` into ``outs[i]``); progress stages
         are prefixed ``fold{F}/``. Here one after the other; the Ray backend runs them at once."""
         runs = []
         for out, fold in zip(outs, folds):
-            tag = (lambda f: (lambda stage, *rest: progress(f"fold{f}/{stage}", *rest)))(fold) if progress else None
+            tag = (lambda f: (lambda p: progress(p.with_stage(f"fold{f}/{p.stage}"))))(fold) if progress else None
             runs.append(self.train(screen, out, config=config, device=device, fold=fold, progress=tag,
                                    read_kwargs=read_kwargs, max_seconds_per_stage=max_seconds_per_stage))
         return runs

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._base import Backend, Job, JobCancelled, Progress
+from ._base import Backend, Job, JobCancelled, Progress, ProgressFn
 
 if TYPE_CHECKING:
     from ..clipr import CliprOptions
@@ -26,7 +26,7 @@ class _Stop(BaseException):
 # -- the work itself (shared with the Ray workers) ---------------------------------------------------
 def train_run(screen_path: str | os.PathLike, out: str | os.PathLike, *, config: dict, device: str = "auto",
               heldout: list[str] | None = None, fold: int | None = None, read_kwargs: dict | None = None,
-              max_seconds_per_stage: float | None = None, progress: Progress | None = None,
+              max_seconds_per_stage: float | None = None, progress: ProgressFn | None = None,
               train_kwargs: dict | None = None) -> Path:
     """Read the screen and train into ``out`` with :func:`lcd_core.model.train` (config as a dict;
     ``train_kwargs``: further keywords of ``train``, e.g. a ``stage1_fit`` hook)."""
@@ -88,17 +88,17 @@ def clipr_run(run: str | os.PathLike, options: CliprOptions | None = None, *, de
 class LocalJob(Job):
     """A training in a background thread of this process."""
 
-    def __init__(self, out, target: Callable[[Progress], Path]):
+    def __init__(self, out, target: Callable[[ProgressFn], Path]):
         super().__init__(out)
         self._box: dict[str, Any] = {}
         self._thread = threading.Thread(target=self._run, args=(target,), name=f"lcd-train:{self.out.name}",
                                         daemon=True)
         self._thread.start()
 
-    def _progress(self, stage: str, step: int, total: int, record: dict) -> None:
+    def _progress(self, p: Progress) -> None:
         if self._cancel.is_set():
             raise _Stop()
-        self._events.put((stage, step, total, dict(record)))
+        self._events.put(p)
 
     def _run(self, target) -> None:
         try:

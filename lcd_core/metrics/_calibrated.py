@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
-from ._evaluate import evaluate_condition, lower_is_better
+from ._evaluate import SCORING, Scoring, lower_is_better, score_prediction
 
 #: the name of the split-half replicate in a half-protocol table's ``method`` column
 REPLICATE = "replicate"
@@ -83,13 +83,13 @@ def split_half_protocol(
     train_perturbed_mean: np.ndarray,
     condition: str,
     seed: int = 0,
-    **metric_kwargs,
+    scoring: Scoring = SCORING,
 ) -> list[dict]:
     """Score each method and the split-half replicate of one condition on the calibration protocol.
 
     The observed cells are split into halves A and B (:func:`split_half`, seeded by ``(seed,
     condition)``); the replicate is A, each method's prediction is sub-sampled (without replacement)
-    to ``len(A)`` cells, and everything is scored against B with :func:`evaluate_condition`.
+    to ``len(A)`` cells, and everything is scored against B with :func:`score_prediction`.
 
     Parameters
     ----------
@@ -101,8 +101,8 @@ def split_half_protocol(
         ``(d,)`` the Systema reference (:func:`evaluate_condition`).
     condition
         The condition's label (seeds its split).
-    metric_kwargs
-        Passed to :func:`evaluate_condition`.
+    scoring
+        The settings of :func:`score_prediction` (the project's one :data:`SCORING` by default).
 
     Returns
     -------
@@ -120,8 +120,8 @@ def split_half_protocol(
         pred = np.asarray(pred)
         if method != REPLICATE and len(pred) > len(a):
             pred = pred[np.sort(rng.choice(len(pred), len(a), replace=False))]
-        scores = evaluate_condition(pred, half_b, control, train_perturbed_mean=train_perturbed_mean, seed=seed,
-                                    **metric_kwargs)
+        scores = score_prediction(pred, half_b, control, train_perturbed_mean=train_perturbed_mean, seed=seed,
+                                  scoring=scoring)
         rows.append({"method": method, "condition": condition, "n_half": len(a), **scores})
     return rows
 

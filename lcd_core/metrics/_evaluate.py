@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -163,6 +164,37 @@ def evaluate_condition(
         subsampled=float(sub_p or sub_o),
     )
     return out
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a prediction is scored against observed cells, one definition for every caller: ``lcd
+    evaluate`` and the Benchmark page (:func:`lcd_core.model.evaluate_run`), the Perturb page
+    (:func:`lcd_core.tl.compare_methods`) and the calibration protocol (:func:`split_half_protocol`)."""
+
+    de_top: int = 20  # genes of the ``_top20`` metrics (METHOD.md §7); all genes when d is smaller
+    de_recovery_top: int = 100  # true DE genes DE recovery must single out (METHOD.md §7), capped at d // 2
+    max_cells: int | None = 2000  # MMD/energy sub-sample each side to this many cells (O(n²)); None: never
+
+    def kwargs_for(self, n_genes: int) -> dict:
+        """Keywords of :func:`evaluate_condition` for ``n_genes`` genes: DE recovery looks for at most
+        half of them (with all genes "true", AUROC is undefined)."""
+        return {"de_top": self.de_top, "de_recovery_top": min(self.de_recovery_top, max(1, n_genes // 2)),
+                "max_cells": self.max_cells}
+
+
+#: the one scoring of the project (see :class:`Scoring`)
+SCORING = Scoring()
+
+
+def score_prediction(pred: np.ndarray, obs: np.ndarray, control: np.ndarray, *, train_perturbed_mean: np.ndarray,
+                     seed: int = 0, scoring: Scoring = SCORING) -> dict[str, float]:
+    """:func:`evaluate_condition` with the project's one set of settings (:data:`SCORING`).
+
+    Arrays as :func:`evaluate_condition` (log1p CP10k, ``(n, d)``; ``train_perturbed_mean`` ``(d,)``).
+    """
+    return evaluate_condition(pred, obs, control, train_perturbed_mean=train_perturbed_mean, seed=seed,
+                              **scoring.kwargs_for(np.shape(obs)[1]))
 
 
 def summarize(

@@ -7,7 +7,6 @@ Used by ``lcd evaluate`` and by the app's Benchmark page; writes nothing unless 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,8 @@ from .._constants import KEYS
 from ..baselines import make_baselines
 from ..data import Screen
 from ..errors import ConfigError
-from ..metrics import calibrate, calibrated_summary, evaluate_condition, split_half_protocol, summarize
+from ..metrics import calibrate, calibrated_summary, score_prediction, split_half_protocol, summarize
+from ..train import Progress, ProgressFn
 from ._anchor import fit_anchors
 from ._lcd import LCD
 
@@ -41,7 +41,7 @@ def check_screen_matches(model: LCD, screen: Screen) -> None:
 
 def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = None, n_cells: int = 500,
                  seed: int = 0, sampler: str | None = None, n_evals: int | None = None,
-                 progress: Callable[[int, int, str], None] | None = None,
+                 progress: ProgressFn | None = None,
                  keep_predictions: dict | None = None, half_protocol: list | None = None) -> pd.DataFrame:
     """Predict every held-out condition with LCD and each baseline; score each with every metric.
 
@@ -60,7 +60,8 @@ def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = N
     sampler, n_evals
         LCD sampler and budget (default: the run's).
     progress
-        ``progress(i, n, condition)`` after each condition.
+        Called with a :class:`~lcd_core.train.Progress` (stage ``"evaluate"``, ``record["condition"]``)
+        after each condition.
     keep_predictions
         If a dict is given, it receives ``method → {condition: (n_cells, d) cells}``.
     half_protocol
@@ -71,7 +72,7 @@ def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = N
     Returns
     -------
     Long table, one row per (method, condition): ``method``, ``condition``, ``n_obs`` and the metrics of
-    :func:`lcd_core.metrics.evaluate_condition` (log1p CP10k).
+    :func:`lcd_core.metrics.score_prediction` (log1p CP10k; the app's Perturb page scores the same way).
     """
     check_screen_matches(model, screen)
     if conditions is None:
@@ -103,13 +104,13 @@ def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = N
             for method, pred in preds.items():
                 keep_predictions.setdefault(method, {})[cond] = pred
         for method, pred in preds.items():
-            scores = evaluate_condition(pred, obs, control, train_perturbed_mean=train_perturbed_mean, seed=seed)
+            scores = score_prediction(pred, obs, control, train_perturbed_mean=train_perturbed_mean, seed=seed)
             rows.append({"method": method, "condition": cond, "n_obs": len(obs), **scores})
         if half_protocol is not None:
             half_protocol += split_half_protocol(preds, obs, control, train_perturbed_mean=train_perturbed_mean,
                                                  condition=cond, seed=seed)
         if progress is not None:
-            progress(i + 1, len(conditions), cond)
+            progress(Progress("evaluate", i + 1, len(conditions), {"condition": cond}))
     return pd.DataFrame(rows)
 
 

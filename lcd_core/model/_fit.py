@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import numpy as np
 
@@ -15,6 +14,7 @@ from ..data import Screen
 from ..errors import ConfigError
 from ..metrics import condition_rng, split_half, top_de_genes
 from ..metrics._means import _pearson
+from ..train import Progress, ProgressFn
 from ._lcd import LCD
 
 #: the file in the run directory
@@ -131,7 +131,7 @@ def summary_sentence(conditions: dict[str, dict], *, max_listed: int = 8) -> str
 def fit_report(model: LCD, screen: Screen, *, conditions: list[str] | None = None,
                validation: dict[str, list[int]] | None = None, n_cells: int = 300, top: int = 20,
                n_splits: int = 10, seed: int = 0, anchored: bool = False,
-               progress: Callable[[int, int, str], None] | None = None) -> dict:
+               progress: ProgressFn | None = None) -> dict:
     """How well a trained model reproduces its training conditions, against the replicate ceiling.
 
     For every perturbed training condition the model generates ``n_cells`` cells; its mean shift from
@@ -171,7 +171,8 @@ def fit_report(model: LCD, screen: Screen, *, conditions: list[str] | None = Non
         means are fitted to these very cells, so it reproduces them by construction: a check of the anchors,
         not of the model (``fit.json`` always checks LCD's own prediction).
     progress
-        ``progress(i, n, condition)`` after each condition.
+        Called with a :class:`~lcd_core.train.Progress` (stage ``"fit"``, ``record["condition"]``) after
+        each condition.
 
     Returns
     -------
@@ -208,7 +209,7 @@ def fit_report(model: LCD, screen: Screen, *, conditions: list[str] | None = Non
         entry["status"], entry["why"] = verdict(entry)
         entries[cond] = entry
         if progress is not None:
-            progress(i + 1, len(conditions), cond)
+            progress(Progress("fit", i + 1, len(conditions), {"condition": cond}))
     return {"format_version": FIT_FORMAT_VERSION, "rule": RULE, "top": top, "n_cells": n_cells,
             "n_splits": n_splits, "seed": seed, "anchored": anchored, "conditions": _jsonable(entries), "summary": _summary(entries)}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,7 +168,6 @@ class LCD:
             close matches; an empty or repeated gene in the label.
         """
         targets = targets_of(parse_label(label))
-        vec = np.zeros(len(self.pert_genes), dtype=np.float32)
         trained = set(self.trained_genes)
         for g in targets:
             if g not in self._pert_index:
@@ -175,8 +175,7 @@ class LCD:
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
                 raise ConfigError(f"unknown gene {g!r} in perturbation {label!r}: it is neither a modelled gene "
                                   f"nor a target of the training screen{hint}")
-            vec[self._pert_index[g]] = 1.0
-        return vec, [g for g in targets if g not in trained]
+        return multihot(targets, self._pert_index), [g for g in targets if g not in trained]
 
     def gene_index(self, genes) -> list[int]:
         missing = [g for g in genes if g not in self._gene_index]
@@ -343,6 +342,16 @@ class LCD:
                    net=net.to(dev), mu=tensors["mu"].numpy(), sd=tensors["sd"].numpy(),
                    noise=noise.to(dev) if noise is not None else None, info=info, decoder=decoder,
                    anchors=Anchors.load(run.path) if meta["has_noise"] else None)
+
+
+def multihot(targets: Iterable[str], index: Mapping[str, int]) -> np.ndarray:
+    """``(P,)`` float32 multi-hot of a condition's target genes, ``P = len(index)`` (gene → position among
+    the perturbable genes): the one encoding of e_T = Σ_{j∈T} e_j (METHOD.md §1) that stage 2 trains on and
+    prediction asks with; control (no targets) is all zeros."""
+    vec = np.zeros(len(index), dtype=np.float32)
+    for g in targets:
+        vec[index[g]] = 1.0
+    return vec
 
 
 def _label_seed(seed: int, label: str) -> int:

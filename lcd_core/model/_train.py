@@ -13,7 +13,6 @@ import os
 import shutil
 import time
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +25,11 @@ from ..data._conventions import targets_of
 from ..errors import ConfigError, RunError
 from ..module import QuantileDecoder, ZIPNoise, unit_scale_from_counts
 from ..pp import explicit_split, fold_split, split_combinations
-from ..train import fit_stage1, fit_stage2, standardize
+from ..train import Progress, ProgressFn, fit_stage1, fit_stage2, standardize
 from ._anchor import fit_anchors
-from ._lcd import LCD
+from ._lcd import LCD, multihot
 from ._presets import TrainConfig
 from ._run import RunDir
-
-#: ``progress(stage, step, total, record)``: stage is "stage1", "stage2" or "fit"; record holds loss etc.
-Progress = Callable[[str, int, int, dict], None]
 
 #: a condition with validation cells keeps at least this many of them (fewer give no usable estimate)
 MIN_VALIDATION_CELLS = 3
@@ -113,7 +109,7 @@ def resolve_split(screen: Screen, *, heldout: list[str] | None = None, fold: int
 
 
 def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device: str = "auto",
-          heldout: list[str] | None = None, fold: int | None = None, progress: Progress | None = None,
+          heldout: list[str] | None = None, fold: int | None = None, progress: ProgressFn | None = None,
           max_seconds_per_stage: float | None = None, stage1_fit=fit_stage1) -> LCD:
     """Train LCD on ``screen`` into the run directory ``out`` (resuming from its checkpoints).
 
@@ -130,7 +126,8 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
     heldout, fold
         The split (:func:`resolve_split`).
     progress
-        ``progress(stage, step, total, record)``; also written to ``log.jsonl``.
+        Called with each :class:`~lcd_core.train.Progress` of stage 1, stage 2 and the fit check; also
+        written to ``log.jsonl``.
     max_seconds_per_stage
         Cut each stage short after this wall time (a run still completes, with fewer steps).
     stage1_fit
@@ -179,11 +176,11 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
     run.write_config(cfg_json)
     run.log({"event": "start", "device": str(dev), "n_train_conditions": len(train_conds), "mode": mode})
 
-    def report(stage: str, step: int, total: int, record: dict) -> None:
-        run.log({"event": "progress", "stage": stage, "step": step, "total": total,
-                 **{k: v for k, v in record.items() if isinstance(v, (int, float))}})
+    def report(p: Progress) -> None:
+        run.log({"event": "progress", "stage": p.stage, "step": p.step, "total": p.total,
+                 **{k: v for k, v in p.record.items() if isinstance(v, (int, float))}})
         if progress is not None:
-            progress(stage, step, total, record)
+            progress(p)
 
     torch.manual_seed(config.seed)
     noise: ZIPNoise | None = None
@@ -199,7 +196,7 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
         res1 = _run_sliced(
             "stage1", run, config.checkpoint_seconds, max_seconds_per_stage,
             lambda state, secs: stage1_fit(counts, unit_scale, config.stage1, device=dev, state=state, max_seconds=secs,
-                                           progress=lambda s, t, r: report("stage1", s, t, r), **s1_kwargs),
+                                           progress=report, **s1_kwargs),
             get_state=lambda r: r.state_dict(), is_done=lambda r: r.done,
         )
         if hasattr(res1, "use_best"):  # the sharded Ray result keeps no validation state
@@ -228,13 +225,14 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
     val_x = None
     if val_latents is not None:
         val_x = _stage2_validation([((v - mu) / sd).astype(np.float32) for v in val_latents])
-    pert = np.stack([_multihot(c, pert_genes) for c in train_conds])
+    pert_index = {g: i for i, g in enumerate(pert_genes)}
+    pert = np.stack([multihot(targets_of(c), pert_index) for c in train_conds])
     res2 = _run_sliced(
         "stage2", run, config.checkpoint_seconds, max_seconds_per_stage,
         lambda state, secs: fit_stage2(x, pert, config.stage2, device=str(dev), state=state, max_seconds=secs,
-                                       progress=lambda r: report("stage2", int(r["step"]), config.stage2.steps, r),
+                                       progress=report,
                                        val_x=val_x),
-        get_state=lambda r: r.state, is_done=lambda r: r.finished,
+        get_state=lambda r: r.state_dict(), is_done=lambda r: r.done,
     )
     res2.use_best()
     if res2.best_step is not None:
@@ -280,13 +278,13 @@ def _resumed_validation(run: RunDir, train_conds: list[str]) -> dict[str, list[i
 
 
 def _write_fit(model: LCD, screen: Screen, run: RunDir, train_conds: list[str], held_cells: dict[str, list[int]],
-               seed: int, report: Progress) -> None:
+               seed: int, report: ProgressFn) -> None:
     """``fit.json``: how well the finished model reproduces its training conditions (:func:`fit_report`)."""
     from ._fit import FIT_FILE, fit_report
 
     try:
         fit = fit_report(model, screen, conditions=train_conds, validation=held_cells, seed=seed,
-                         progress=lambda i, n, c: report("fit", i, n, {}))
+                         progress=report)
     except Exception as e:  # noqa: BLE001 -- hours of training must not be lost to the report
         run.log({"event": "fit_failed", "error": f"{type(e).__name__}: {e}"})
         return
@@ -321,14 +319,6 @@ def fit_decoder(model: LCD, conditions: list[str], observed: list[np.ndarray], *
         generated.append(model.mu + model.sd * x)
         kept.append(cells[rng.choice(len(cells), n, replace=False)] if n < len(cells) else cells)
     return QuantileDecoder.fit(np.concatenate(generated), np.concatenate(kept))
-
-
-def _multihot(label: str, pert_genes: list[str]) -> np.ndarray:
-    vec = np.zeros(len(pert_genes), dtype=np.float32)
-    index = {g: i for i, g in enumerate(pert_genes)}
-    for g in targets_of(label):
-        vec[index[g]] = 1.0
-    return vec
 
 
 def _check_resume(run: RunDir, cfg: dict) -> None:

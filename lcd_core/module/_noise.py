@@ -273,24 +273,3 @@ class ZIPNoise(nn.Module):
         keep = torch.rand(s.shape, generator=generator, dtype=s.dtype, device=s.device) >= self.dropout
         return counts * keep
 
-    @torch.no_grad()
-    def decode_log1p(self, s: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Decode latent states to log1p CP10k expression (counts / rowsum · 1e4, then log1p).
-
-        Parameters
-        ----------
-        s
-            ``(n, d)`` latent states.
-        generator
-            Source of randomness for the count draw.
-
-        Returns
-        -------
-        ``(n, d)`` float32 log1p-normalised expression on ``s``'s device; a cell with no counts stays 0.
-        """
-        # the one definition of log1p CP10k lives in pp; imported here to keep module imports light
-        from lcd_core.pp import normalize_log1p
-
-        counts = self.sample_counts(s, generator).cpu().numpy()
-        return torch.from_numpy(normalize_log1p(counts)).to(s.device)
-

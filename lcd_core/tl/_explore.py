@@ -81,14 +81,13 @@ def compare_methods(
     *,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Every metric of METHOD §7 for one condition, one row per method (``predictions``: name → cells)."""
-    from ..metrics import evaluate_condition
+    """Every metric of METHOD §7 for one condition, one row per method (``predictions``: name → cells),
+    scored as :func:`lcd_core.model.evaluate_run` scores it (:func:`lcd_core.metrics.score_prediction`)."""
+    from ..metrics import score_prediction
 
     rows = []
     for name, cells in predictions.items():
-        m = evaluate_condition(cells, observed, control, train_perturbed_mean=train_perturbed_mean,
-                               de_top=min(20, observed.shape[1]), de_recovery_top=min(100, max(1, observed.shape[1] // 2)),
-                               max_cells=500, seed=seed)
+        m = score_prediction(cells, observed, control, train_perturbed_mean=train_perturbed_mean, seed=seed)
         rows.append({"method": name, "condition": condition, **m})
     return pd.DataFrame(rows)
 

@@ -6,7 +6,6 @@ Data-agnostic: takes one raw-count array per condition and the fixed unit scale,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lcd_core._progress import Progress, ProgressFn
 from lcd_core.train._schedule import warmup_cosine
 from lcd_core.errors import ConfigError
 from lcd_core.module._generator import StackedGenerators, tempered_evidence_loss
@@ -239,7 +239,7 @@ def fit_stage1(
     config: Stage1Config,
     *,
     device: str | torch.device = "cpu",
-    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    progress: ProgressFn | None = None,
     state: dict[str, Any] | None = None,
     max_seconds: float | None = None,
     val_counts: list[np.ndarray] | None = None,
@@ -257,7 +257,8 @@ def fit_stage1(
     device
         Torch device.
     progress
-        Called as ``progress(step, total_steps, loss_dict)`` every ``config.log_every`` steps.
+        Called with a :class:`~lcd_core.train.Progress` (stage ``"stage1"``, the history entry as its
+        ``record``) every ``config.log_every`` steps.
     state
         A :meth:`Stage1Result.state_dict` to resume from (same data and config).
     max_seconds
@@ -344,7 +345,7 @@ def fit_stage1(
                             "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
             history.append(record)
             if progress is not None:
-                progress(step, config.steps, record)
+                progress(Progress("stage1", step, config.steps, record))
         if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
             break
     model.eval()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
+from .._progress import Progress, ProgressFn
 from ._schedule import warmup_cosine
 from ..errors import ConfigError
 from ..module._score import ScoreNet, dsm_loss
@@ -58,27 +58,33 @@ class Stage2Result:
     history
         One dict per logged step: ``step``, ``loss`` (mean DSM loss since the last entry), ``lr``, ``seconds``
         and, with validation samples, ``val_loss`` (:func:`validation_dsm`).
-    state
-        Resumable state (plain containers of tensors/ints/floats; ``torch.save``-able and loadable with
-        ``weights_only=True``). Pass it back as ``state=`` to continue.
-    finished
-        Whether all ``config.steps`` ran (``False`` when stopped by ``max_seconds``).
+    done
+        Whether all ``config.steps`` ran (``False`` when stopped by ``max_seconds``), as
+        :attr:`Stage1Result.done`.
     best_step, best_val_loss
         With validation samples: the logged step with the lowest validation loss and that loss; once
-        finished, ``net`` holds that step's weights (``state`` keeps the last ones, and them under ``best``).
+        done, ``net`` holds that step's weights (:meth:`state_dict` keeps the last ones, and them under
+        ``best``).
+    checkpoint
+        What :meth:`state_dict` returns.
     """
 
     net: ScoreNet
     history: list[dict] = field(default_factory=list)
-    state: dict = field(default_factory=dict)
-    finished: bool = True
+    done: bool = True
     best_step: int | None = None
     best_val_loss: float | None = None
+    checkpoint: dict = field(default_factory=dict, repr=False)
+
+    def state_dict(self) -> dict:
+        """Resumable state, as :meth:`Stage1Result.state_dict`: plain containers of tensors, ints and
+        floats (``torch.save``-able, loadable with ``weights_only=True``); pass it back as ``state=``."""
+        return self.checkpoint
 
     def use_best(self) -> None:
         """Load the best validation weights into ``net`` (a stage cut short by time ends on them too)."""
-        if "best" in self.state:
-            self.net.load_state_dict(self.state["best"]["net"])
+        if "best" in self.checkpoint:
+            self.net.load_state_dict(self.checkpoint["best"]["net"])
 
 
 @torch.no_grad()
@@ -117,7 +123,7 @@ def fit_stage2(
     config: Stage2Config | None = None,
     *,
     device: str = "cpu",
-    progress: Callable[[dict], None] | None = None,
+    progress: ProgressFn | None = None,
     state: dict | None = None,
     max_seconds: float | None = None,
     val_x: list[np.ndarray] | None = None,
@@ -137,9 +143,10 @@ def fit_stage2(
     device
         Torch device for the net and the data.
     progress
-        Called with each history entry (a dict) every ``config.log_every`` steps.
+        Called with a :class:`~lcd_core.train.Progress` (stage ``"stage2"``, the history entry as its
+        ``record``) every ``config.log_every`` steps.
     state
-        A previous result's ``state`` to resume from (same data and config).
+        A previous result's :meth:`~Stage2Result.state_dict` to resume from (same data and config).
     max_seconds
         Stop after this much wall time (the state stays resumable).
     val_x
@@ -233,7 +240,7 @@ def fit_stage2(
             history.append(entry)
             running, n_running = 0.0, 0
             if progress is not None:
-                progress(entry)
+                progress(Progress("stage2", step, config.steps, entry))
 
     net.eval()
     state = {
@@ -244,9 +251,9 @@ def fit_stage2(
         "history": history,
         "config": asdict(config),
     } | ({"best": best} if best is not None else {})
-    finished = step >= config.steps
-    if finished and best is not None:
+    done = step >= config.steps
+    if done and best is not None:
         net.load_state_dict(best["net"])
-    return Stage2Result(net=net, history=history, state=state, finished=finished,
+    return Stage2Result(net=net, history=history, checkpoint=state, done=done,
                         best_step=None if best is None else int(best["step"]),
                         best_val_loss=None if best is None else float(best["val_loss"]))

@@ -1,0 +1,71 @@
+"""The one shape of a progress report: every loop (stage 1, stage 2, the fit check, the held-out
+evaluation), the training driver, the backends' jobs, the CLI's bar and the app read a :class:`Progress`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report.
+
+    Attributes
+    ----------
+    stage
+        ``"stage1"``, ``"stage2"``, ``"fit"`` (the fit check after training) or ``"evaluate"``; the
+        backends' fold trainings prefix it (``"fold2/stage1"``).
+    step, total
+        Steps done and steps of the stage (conditions for ``"fit"`` and ``"evaluate"``).
+    record
+        The loop's history entry: ``loss``, ``lr``, ``seconds`` (of this slice), ``val_loss`` with
+        validation cells, ``dropout_spread`` and ``shard`` when stage 1 runs in shards, ``condition`` for
+        ``"fit"``/``"evaluate"``.
+    """
+
+    stage: str
+    step: int
+    total: int
+    record: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def loss(self) -> float | None:
+        return self.record.get("loss")
+
+    @property
+    def val_loss(self) -> float | None:
+        return self.record.get("val_loss")
+
+    def with_stage(self, stage: str) -> Progress:
+        return replace(self, stage=stage)
+
+    def with_record(self, **extra: Any) -> Progress:
+        return replace(self, record={**self.record, **extra})
+
+
+#: the callback every layer takes
+ProgressFn = Callable[[Progress], None]
+
+
+def last_progress(log: list[dict]) -> tuple[Progress | None, float | None]:
+    """The last progress report in a run's ``log.jsonl`` records and the ETA of its stage.
+
+    Returns
+    -------
+    ``(progress, eta)``: the report (``None`` before the first) and the seconds left in its stage,
+    from the logged wall times of that stage's reports (``None`` with fewer than two).
+    """
+    prog = [r for r in log if r.get("event") == "progress"]
+    if not prog:
+        return None, None
+    last = prog[-1]
+    record = {k: v for k, v in last.items() if k not in ("event", "stage", "step", "total", "time")}
+    p = Progress(str(last.get("stage")), int(last.get("step", 0)), int(last.get("total", 0)), record)
+    same = [r for r in prog if r.get("stage") == last.get("stage") and "time" in r]
+    eta = None
+    if len(same) >= 2 and same[-1]["step"] > same[0]["step"]:
+        rate = (same[-1]["time"] - same[0]["time"]) / (same[-1]["step"] - same[0]["step"])
+        eta = max(0.0, rate * (p.total - p.step))
+    return p, eta
