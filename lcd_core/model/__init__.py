@@ -4,10 +4,10 @@ from ._lcd import LCD, Prediction
 from ._presets import PRESETS, TrainConfig, apply_overrides, get_preset
 from ._run import RunDir
 from ._causal import get_clipr, single_gene_conditions
-from ._evaluate import evaluate_folds, evaluate_run, summary_markdown, write_report
+from ._evaluate import evaluate_folds, evaluate_run, summary_markdown, training_reference, write_report
 from ._fit import FIT_FILE, fit_report, read_fit
 from ._train import resolve_split, train, validation_split
 
 __all__ = ["LCD", "Prediction", "TrainConfig", "PRESETS", "get_preset", "apply_overrides", "RunDir", "train", "resolve_split",
-           "get_clipr", "single_gene_conditions", "evaluate_run", "evaluate_folds", "summary_markdown", "write_report",
+           "get_clipr", "single_gene_conditions", "evaluate_run", "evaluate_folds", "summary_markdown", "write_report", "training_reference",
            "fit_report", "read_fit", "FIT_FILE", "validation_split"]

@@ -60,6 +60,21 @@ def whatif_cells(model, A: np.ndarray, interventions: Mapping[str, float], *, n_
     return shift, model.decode(latent, seed=seed + 1)
 
 
+#: a linear response beyond this many latent standard deviations is no state a cell could reach: it
+#: comes from a nearly singular drift matrix (the paper variant when few genes were perturbed)
+MAX_RESPONSE_SD = 100.0
+
+
+def singular_response(shift: np.ndarray, sd: np.ndarray, *, max_sd: float = MAX_RESPONSE_SD) -> float | None:
+    """The largest response of a what-if in latent standard deviations, ``max_j |shift_j| / sd_j``, when
+    it is not finite or exceeds ``max_sd`` (the linearised dynamics are nearly singular and the what-if
+    means nothing); ``None`` for a plausible response. ``shift``, ``sd``: ``(d,)`` latent units."""
+    z = np.abs(np.asarray(shift, dtype=float)) / np.asarray(sd, dtype=float)
+    if not np.all(np.isfinite(z)):
+        return float("inf")
+    return float(z.max()) if z.size and z.max() > max_sd else None
+
+
 # ---------------------------------------------------------------------------------------- shifts
 def gene_shift_table(pred: np.ndarray, control: np.ndarray, genes: Sequence[str], *,
                      observed: np.ndarray | None = None) -> pd.DataFrame:
