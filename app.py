@@ -1,7 +1,10 @@
-"""LCD Explorer, Home: which screen, which model, what the app does.
+"""LCD Explorer: the router (navigation over :data:`PAGES`) and the Home page (which screen, which model,
+what the app does).
 
-Run with ``streamlit run app.py``. The other pages live in ``pages/`` (Streamlit's auto-discovery);
-all science lives in ``lcd_core``, UI-only helpers in ``ui_helpers.py``.
+Run with ``streamlit run app.py``. The other pages live in ``pages/``, listed in :data:`PAGES`
+(``st.navigation``; the one navigation: no hand-drawn links). Each page draws the shared sidebar
+frame itself (``app_ui.widgets.page_setup``). All science lives in ``lcd_core``, UI-only helpers in
+``app_ui/``.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-import ui_helpers as ui
+from app_ui import state, training, widgets
 from lcd_core import LCDError
 
 ABOUT = (
@@ -42,7 +45,7 @@ def reading_options() -> dict:
 
 
 def screen_chooser() -> None:
-    cfg = ui.settings()
+    cfg = state.settings()
     options = ["demo", "real", "upload", "path"]
     labels = {"demo": "Embedded demo (simulated)", "real": "Real: Norman 2019 K562 CRISPRa subset",
               "upload": "Upload an .h5ad", "path": "A file on this machine"}
@@ -62,13 +65,13 @@ def screen_chooser() -> None:
             return
         _use_screen(cfg.demo_screen, "demo")
     elif choice == "upload":
-        up = st.file_uploader(f"Perturb-seq screen (.h5ad, at most {ui.upload_limit_mb()} MB)", key="upload",
+        up = st.file_uploader(f"Perturb-seq screen (.h5ad, at most {widgets.upload_limit_mb()} MB)", key="upload",
                               help="Raw UMI counts in .X or layers['counts']; obs['perturbation'] with ctrl / A / A+B "
                                    "(GEARS and scPerturb conventions are detected).")
         if up is not None:
             try:
-                path = ui.save_upload(up)
-                ui.load_screen(path, options)
+                path = state.save_upload(up)
+                state.load_screen(path, options)
             except LCDError as e:
                 st.error(f"{up.name}: {e}")
                 return
@@ -79,7 +82,7 @@ def screen_chooser() -> None:
         if typed:
             st.session_state["typed_path"] = typed
             try:
-                ui.load_screen(Path(typed).expanduser(), options)
+                state.load_screen(Path(typed).expanduser(), options)
             except LCDError as e:
                 st.error(f"{typed}: {e}")
                 return
@@ -94,7 +97,7 @@ def _use_screen(path: Path, source: str, options: dict | None = None) -> None:
         st.session_state["screen_options"] = options
         st.session_state["screen_source"] = source
         try:
-            run = ui.default_run(ui.current_screen())
+            run = state.default_run(state.current_screen())
         except LCDError:
             run = None
         st.session_state["run_path"] = str(run) if run else None
@@ -106,12 +109,12 @@ def _use_screen(path: Path, source: str, options: dict | None = None) -> None:
 def trainings_in_progress() -> None:
     """Trainings running in the background (started here or on the Train page); reruns the page when
     one finishes, so its run appears in the picker."""
-    running = [r for r in ui.training_jobs() if r["state"] == "running"]
-    for rec in running:
-        prog = ui.training_progress(rec)
+    running = [job for job in training.trainings() if job.state == "running"]
+    for job in running:
+        prog = training.training_progress(job)
         st.progress(min(prog["step"] / max(prog["total"], 1), 1.0),
-                    text=f"Training `{rec['name']}`: {prog['stage'] or 'starting'} step {prog['step']}/{prog['total']}"
-                         f" · ETA {ui.fmt_seconds(prog['eta'])} (this stage)")
+                    text=f"Training `{job.name}`: {prog['stage'] or 'starting'} step {prog['step']}/{prog['total']}"
+                         f" · ETA {training.fmt_seconds(prog['eta'])} (this stage)")
     if running:
         st.session_state["_home_training"] = True
     elif st.session_state.pop("_home_training", False):
@@ -136,17 +139,17 @@ def fit_sentence(run: str) -> None:
         st.markdown(fit.get("rule", ""))
 
 
-def main() -> None:
-    screen, _ = ui.page_setup("Home", run_in_sidebar=False)
+def home() -> None:
+    widgets.page_setup("Home", run_in_sidebar=False)
     st.title("LCD Explorer")
     st.markdown(ABOUT)
 
     st.subheader("1 · The screen")
     screen_chooser()
     try:
-        screen = ui.current_screen()
+        screen = state.current_screen()
     except LCDError as e:
-        ui.show_error(e, "The screen could not be read")
+        widgets.show_error(e, "The screen could not be read")
         screen = None
     if screen is not None:
         s = screen.summary()
@@ -163,27 +166,27 @@ def main() -> None:
             st.code(screen.format_summary(), language=None)
 
     st.subheader("2 · The model")
-    run = ui.run_picker(screen)
+    run = widgets.run_picker(screen)
     if run is None:
         st.markdown("No model is ready for this screen yet.")
         trainings_in_progress()
         if screen is not None and st.button("Train a model on this screen now (demo preset, a few minutes)",
                                             type="primary"):
             try:
-                rec = ui.start_training(screen.path, f"demo-{len(ui.training_jobs()) + 1}", preset="demo",
-                                        screen_options=st.session_state.get("screen_options"))
-                st.success(f"Training started in the background: run `{rec['name']}`. Follow it on the Train page.")
+                job = training.start_training(screen.path, f"demo-{len(training.trainings()) + 1}", preset="demo",
+                                              screen_options=st.session_state.get("screen_options"))
+                st.success(f"Training started in the background: run `{job.name}`. Follow it on the Train page.")
             except LCDError as e:
-                ui.show_error(e, "Training could not start")
+                widgets.show_error(e, "Training could not start")
         st.page_link("pages/4_Train.py", label="Train page", icon=":material/model_training:")
         return
-    model = ui.require_model(screen, run)
+    model = widgets.require_model(screen, run)
     if model is None:
         return
     info = model.info
     st.success(f"Model ready: `{Path(run).name}` · {len(model.genes)} genes · {len(model.conditions)} training "
                f"conditions · {len(info.get('heldout', []))} held out · preset {info.get('preset')} · seed {info.get('seed')}")
-    if screen is not None and not ui.same_genes(model, screen):
+    if screen is not None and not state.same_genes(model, screen):
         st.warning("This run models other genes than the selected screen: predictions work, comparisons with "
                    "observed cells and the benchmark need the screen the run was trained on.")
     fit_sentence(run)
@@ -193,4 +196,13 @@ def main() -> None:
     c3.page_link("pages/3_Modules.py", label="Modules", icon=":material/grid_view:")
 
 
-main()
+#: every page of the app, in the order of the navigation (the entry page reads "Home", not "app")
+PAGES = [st.Page(home, title="Home", icon=":material/home:", default=True),
+         st.Page("pages/1_Perturb.py", title="Perturb", icon=":material/science:"),
+         st.Page("pages/2_Causal_graph.py", title="Causal graph", icon=":material/hub:"),
+         st.Page("pages/3_Modules.py", title="Modules", icon=":material/grid_view:"),
+         st.Page("pages/4_Train.py", title="Train", icon=":material/model_training:"),
+         st.Page("pages/5_Benchmark.py", title="Benchmark", icon=":material/leaderboard:")]
+
+
+st.navigation(PAGES).run()

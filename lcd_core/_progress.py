@@ -49,6 +49,12 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 
 
+def progress_of(record: dict) -> Progress:
+    """The :class:`Progress` event of one ``"progress"`` record of a run's ``log.jsonl``."""
+    rest = {k: v for k, v in record.items() if k not in ("event", "stage", "step", "total", "time")}
+    return Progress(str(record.get("stage")), int(record.get("step", 0)), int(record.get("total", 0)), rest)
+
+
 def last_progress(log: list[dict]) -> tuple[Progress | None, float | None]:
     """The last progress report in a run's ``log.jsonl`` records and the ETA of its stage.
 
@@ -61,8 +67,7 @@ def last_progress(log: list[dict]) -> tuple[Progress | None, float | None]:
     if not prog:
         return None, None
     last = prog[-1]
-    record = {k: v for k, v in last.items() if k not in ("event", "stage", "step", "total", "time")}
-    p = Progress(str(last.get("stage")), int(last.get("step", 0)), int(last.get("total", 0)), record)
+    p = progress_of(last)
     same = [r for r in prog if r.get("stage") == last.get("stage") and "time" in r]
     eta = None
     if len(same) >= 2 and same[-1]["step"] > same[0]["step"]:

@@ -1,6 +1,7 @@
 """Settings with a default that more than one layer reads, one typed object each: the CLI, the Python
 API, the backends and the app's pages take their defaults from here (tests/test_defaults.py checks it).
 
+- :data:`DEFAULT_PRESET`: the training preset.
 - :class:`CliprOptions` / :data:`CLIPR`: CLIPR (METHOD.md §4), at once the solver's arguments, the
   provenance (:meth:`CliprOptions.to_dict`) and, with the algorithm version, the cache key
   (:func:`lcd_core.clipr.cache_key`).
@@ -16,6 +17,11 @@ import numbers
 from dataclasses import dataclass
 
 from .errors import ConfigError
+
+#: training presets (lcd_core.model._presets); "auto" sizes the demo preset to the screen and the device
+PRESET_NAMES = ("auto", "demo", "standard", "paper")
+#: the preset of ``lcd train``, the Train page and a backend's training request
+DEFAULT_PRESET = "auto"
 
 #: the two estimators (METHOD §4): "directed" [ours] first, the default
 VARIANTS = ("directed", "paper")

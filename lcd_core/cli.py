@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from ._settings import CLIPR, DIRECTED_SOURCES, VARIANTS, CliprOptions, clipr_options
+from ._settings import CLIPR, DEFAULT_PRESET, DIRECTED_SOURCES, PRESET_NAMES, VARIANTS, CliprOptions, clipr_options
 from .errors import ConfigError, LCDError
 
 
@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an LCD model on a screen into a run directory")
     p.add_argument("screen", help="an .h5ad file")
     p.add_argument("--out", required=True, help="run directory (resumed if it holds a checkpoint)")
-    p.add_argument("--preset", choices=["auto", "demo", "standard", "paper"], default="auto",
+    p.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET,
                    help="auto (default): demo sized to the screen on a CPU (a few minutes), standard on a GPU")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     split = p.add_mutually_exclusive_group()

@@ -11,20 +11,20 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import ui_helpers as ui
+from app_ui import results, state, widgets
 from lcd_core import KEYS, LCDError
 from lcd_core.clipr import CLIPR, VARIANTS
 from lcd_core.data._conventions import targets_of
 from lcd_core.pl import embedding_scatter
 from lcd_core.tl import (baseline_predictions, compare_methods, double_interaction, gene_shift_table,
-                                  whatif_cells)
+                         singular_response, whatif_cells)
 
 SHOW_METRICS = ["mmd", "energy", "wasserstein", "rmse", "pearson_delta", "pearson_systema", "de_auroc"]
 
 
 def choose_lcd(model, screen) -> str | None:
     """Widgets of LCD mode; returns the canonical label of the chosen perturbation."""
-    observed = set(screen.conditions) if ui.same_genes(model, screen) else set()
+    observed = set(screen.conditions) if state.same_genes(model, screen) else set()
     heldout = set(model.info.get("heldout", []))
     trained = set(model.conditions)
     doubles = sorted({c for c in list(observed) + list(heldout) + list(trained) if len(targets_of(c)) == 2},
@@ -54,7 +54,7 @@ def choose_lcd(model, screen) -> str | None:
 
 def umap_block(run, screen, model, predicted: dict[str, np.ndarray], observed: list[str]) -> None:
     """Predicted cells and the measured cells of the ``observed`` labels on the reference embedding."""
-    emb = ui.embedding(run, screen)
+    emb = results.embedding(run, screen)
     if emb is None:
         return
     try:
@@ -62,10 +62,10 @@ def umap_block(run, screen, model, predicted: dict[str, np.ndarray], observed: l
         # measured cells: projected once per (run, screen, embedding, label), not at every rerun. Done here,
         # when the chart needs them: started beside the sampling, the projection slowed a new double →
         # updated UMAP (median 1.72 → 2.06 s on the 2-core benchmark; both compete for the cores)
-        obs_xy = {k: ui.memo(("observed_xy", ui.run_key(run), screen.data_hash, emb.method, k),
+        obs_xy = {k: results.memo(("observed_xy", state.run_key(run), screen.data_hash, emb.method, k),
                              lambda k=k: emb.transform(screen.log1p(k))) for k in observed}
     except LCDError as e:
-        ui.show_error(e, "Projection into the reference embedding failed")
+        widgets.show_error(e, "Projection into the reference embedding failed")
         return
     ctrl_xy = emb.coords[emb.labels == KEYS.CONTROL]
     method = "UMAP" if emb.method == "umap" else "PC"
@@ -95,24 +95,24 @@ def lcd_mode(screen, run, model) -> None:
     try:
         _, unseen = model.multihot(label)
     except LCDError as e:
-        ui.show_error(e)
+        widgets.show_error(e)
         return
     targets = targets_of(label)
-    rk = (ui.run_key(run), screen.data_hash, label, int(n_cells), seed, n_evals, anchored)  # key of everything derived below
+    rk = (state.run_key(run), screen.data_hash, label, int(n_cells), seed, n_evals, anchored)  # key of everything derived below
     extra = tuple(dict.fromkeys([KEYS.CONTROL, *targets])) if len(targets) == 2 else ()
     # control and singles for the interaction class, queued behind the chosen label's own cells
-    ui.prefetch_predictions(run, extra, n_cells, seed, n_evals=n_evals, after=label, anchored=anchored)
-    pred = ui.prediction(run, (label,), n_cells, seed, n_evals=n_evals, anchored=anchored)
+    results.prefetch_predictions(run, extra, n_cells, seed, n_evals=n_evals, after=label, anchored=anchored)
+    pred = results.prediction(run, (label,), n_cells, seed, n_evals=n_evals, anchored=anchored)
     if pred is None:
         return
     st.session_state["last_prediction"] = label
     cells = pred[label]
-    has_obs = ui.same_genes(model, screen) and label in set(screen.conditions)
+    has_obs = state.same_genes(model, screen) and label in set(screen.conditions)
     obs = screen.log1p(label) if has_obs else None
-    if ui.same_genes(model, screen):
+    if state.same_genes(model, screen):
         control = screen.log1p(KEYS.CONTROL)
     else:  # another screen than the run's: compare with the model's own control cells
-        ctrl = ui.prediction(run, (KEYS.CONTROL,), n_cells, seed, n_evals=n_evals, anchored=anchored)
+        ctrl = results.prediction(run, (KEYS.CONTROL,), n_cells, seed, n_evals=n_evals, anchored=anchored)
         if ctrl is None:
             return
         control = ctrl[KEYS.CONTROL]
@@ -129,23 +129,23 @@ def lcd_mode(screen, run, model) -> None:
     if len(targets) == 2:
         a, b = targets
         st.subheader("Genetic interaction")
-        more = ui.prediction(run, extra, n_cells, seed, n_evals=n_evals, anchored=anchored)
+        more = results.prediction(run, extra, n_cells, seed, n_evals=n_evals, anchored=anchored)
         if more is None:
             return
         pred.update(more)
         rows = []
         try:
-            gi = ui.memo(("gi", rk), lambda: double_interaction(pred[KEYS.CONTROL], pred[a], pred[b], pred[label]))
+            gi = results.memo(("gi", rk), lambda: double_interaction(pred[KEYS.CONTROL], pred[a], pred[b], pred[label]))
             rows.append({"source": "LCD prediction", **gi})
         except LCDError as e:
-            ui.show_error(e, "Interaction scores (predicted)")
-        if ui.same_genes(model, screen) and all(c in set(screen.conditions) for c in (a, b, label)):
+            widgets.show_error(e, "Interaction scores (predicted)")
+        if state.same_genes(model, screen) and all(c in set(screen.conditions) for c in (a, b, label)):
             try:
-                gi_obs = ui.memo(("gi_obs", rk[1], label), lambda: double_interaction(
+                gi_obs = results.memo(("gi_obs", rk[1], label), lambda: double_interaction(
                     screen.log1p(KEYS.CONTROL), screen.log1p(a), screen.log1p(b), obs))
                 rows.append({"source": "observed cells", **gi_obs})
             except LCDError as e:
-                ui.show_error(e, "Interaction scores (observed)")
+                widgets.show_error(e, "Interaction scores (observed)")
         if rows:
             st.metric("Interaction class (LCD)", rows[0]["class"] if rows[0]["source"] == "LCD prediction" else "–")
             gi_df = pd.DataFrame(rows)[["source", "class", "classes", "magnitude", "c_a", "c_b", "dcor", "fit_dcor",
@@ -158,33 +158,33 @@ def lcd_mode(screen, run, model) -> None:
     st.subheader("Mean shift per gene (log1p CP10k vs control)")
     table = gene_shift_table(cells, control, model.genes, observed=obs)
     base = {}
-    if ui.same_genes(model, screen):
+    if state.same_genes(model, screen):
         try:
-            fitted = ui.baselines(run, screen)
-            base = ui.memo(("baselines", rk), lambda: baseline_predictions(fitted, label, n_cells, seed=seed))
+            fitted = results.baselines(run, screen)
+            base = results.memo(("baselines", rk), lambda: baseline_predictions(fitted, label, n_cells, seed=seed))
         except LCDError as e:
-            ui.show_error(e, "Baselines")
+            widgets.show_error(e, "Baselines")
     cmean = np.asarray(control, dtype=float).mean(0)
     idx = {g: i for i, g in enumerate(model.genes)}
     for name, bc in base.items():
         table[f"{name}_shift"] = (bc.mean(0) - cmean)[[idx[g] for g in table["gene"]]]
     st.dataframe(table.head(50), hide_index=True, key="shift_table")
-    st.download_button("Download the full table (CSV)", ui.csv_bytes(table, ui.provenance(
+    st.download_button("Download the full table (CSV)", widgets.csv_bytes(table, widgets.provenance(
         screen, run, perturbation=label, n_cells=n_cells, sampler_seed=seed)), file_name=f"shifts_{label}.csv",
         mime="text/csv", key="dl_shifts")
 
     if has_obs:
         st.subheader("Against the observed cells")
         try:
-            tpm = ui.train_perturbed_mean(ui.run_key(run), screen.data_hash, model, screen)
-            metrics = ui.memo(("metrics", rk), lambda: compare_methods(
+            tpm = results.train_perturbed_mean(run, screen)
+            metrics = results.memo(("metrics", rk), lambda: compare_methods(
                 label, {"lcd": cells, **base}, obs, screen.log1p(KEYS.CONTROL), tpm, seed=seed))
             show = metrics[["method"] + [m for m in SHOW_METRICS if m in metrics]]
             st.dataframe(show, hide_index=True, key="metrics_table")
             st.caption("Lower is better for mmd, energy, wasserstein and rmse; higher for the Pearson and DE columns. "
                        f"{'Held out: the model never saw these cells.' if label in model.info.get('heldout', []) else 'This condition was in training.'}")
         except LCDError as e:
-            ui.show_error(e, "Metrics")
+            widgets.show_error(e, "Metrics")
 
 
 def whatif_mode(screen, run, model) -> None:
@@ -201,36 +201,36 @@ def whatif_mode(screen, run, model) -> None:
     if not genes:
         st.info("Choose at least one gene.")
         return
-    res = ui.clipr(run, variant)
+    res = results.clipr(run, variant)
     if res is None:
         return
     sign = -1.0 if direction == "knock-down" else 1.0
     try:
         shift, cells = whatif_cells(model, res.A, {g: sign * strength for g in genes}, n_cells=300)
     except LCDError as e:
-        ui.show_error(e, "What-if")
+        widgets.show_error(e, "What-if")
         return
-    z = np.abs(shift) / np.asarray(model.sd)
-    if not np.all(np.isfinite(z)) or z.max() > 100:
+    z = singular_response(shift, model.sd)
+    if z is not None:
         st.warning(f"The linearised dynamics of the {variant} variant are nearly singular: the response is "
-                   f"{z.max():.3g} standard deviations, which no cell could follow; try the other variant.")
+                   f"{z:.3g} standard deviations, which no cell could follow; try the other variant.")
         return
     label = f"what-if: {direction} {'+'.join(genes)} ({strength:g} sd)"
     st.subheader(label)
     umap_block(run, screen, model, {label: cells}, [])
-    control = screen.log1p(KEYS.CONTROL) if ui.same_genes(model, screen) else cells
+    control = screen.log1p(KEYS.CONTROL) if state.same_genes(model, screen) else cells
     table = gene_shift_table(cells, control, model.genes)
     table.insert(1, "latent_shift_sd", (shift / np.asarray(model.sd))[[model.genes.index(g) for g in table["gene"]]])
     st.dataframe(table.head(50), hide_index=True, key="whatif_table")
-    st.download_button("Download (CSV)", ui.csv_bytes(table, ui.provenance(
+    st.download_button("Download (CSV)", widgets.csv_bytes(table, widgets.provenance(
         screen, run, whatif=genes, direction=direction, strength=strength, variant=variant)),
         file_name="whatif.csv", mime="text/csv", key="dl_whatif")
 
 
 def main() -> None:
-    screen, run = ui.page_setup("Perturb", "🧪")
+    screen, run = widgets.page_setup("Perturb", "🧪")
     st.title("Perturb: what happens if…?")
-    model = ui.require_model(screen, run)
+    model = widgets.require_model(screen, run)
     if model is None or screen is None:
         return
     mode = st.radio("Mode", ["LCD (distribution)", "Linear what-if (CLIPR)"], horizontal=True, key="pert_mode",

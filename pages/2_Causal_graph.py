@@ -6,26 +6,26 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-import ui_helpers as ui
+from app_ui import results, state, widgets
 from lcd_core import LCDError
 from lcd_core.clipr import CLIPR, VARIANTS
 from lcd_core.pl import ego_graph, ego_network
-from lcd_core.tl import causal_recovery, effects_long
+from lcd_core.tl import causal_recovery, edge_precision_recall, effects_long
 
 
 def truth_matrix(screen, model) -> np.ndarray | None:
     """The simulated screen's true effect matrix (rows = sources) when it covers the run's genes."""
     t = screen.truth if screen is not None else None
-    if not t or "causal_matrix" not in t or not ui.same_genes(model, screen):
+    if not t or "causal_matrix" not in t or not state.same_genes(model, screen):
         return None
     M = np.asarray(t["causal_matrix"], dtype=float)
     return M if M.shape == (len(model.genes),) * 2 else None
 
 
 def main() -> None:
-    screen, run = ui.page_setup("Causal graph", "🕸️")
+    screen, run = widgets.page_setup("Causal graph", "🕸️")
     st.title("Causal graph")
-    model = ui.require_model(screen, run)
+    model = widgets.require_model(screen, run)
     if model is None:
         return
     c1, c2 = st.columns([1, 2])
@@ -35,7 +35,7 @@ def main() -> None:
     lam = None
     if variant == "paper":
         lam = c2.select_slider("Ridge λ", [1e-5, 1e-4, 1e-3, 1e-2, 1e-1], value=CLIPR.lam, key="cg_lam")
-    res = ui.clipr(run, variant, lam)
+    res = results.clipr(run, variant, lam)
     if res is None:
         return
     E = np.asarray(res.effects, dtype=float)
@@ -53,7 +53,7 @@ def main() -> None:
     default_thr = float(np.quantile(off, max(0.9, 1 - 5 / max(len(genes), 1)))) if off.size else 0.0
     threshold = c2.slider("Edge threshold |effect| >", 0.0, vmax, min(default_thr, vmax), vmax / 200 or 0.01,
                           format="%.4f", key="cg_threshold")
-    truth = ui.memo(("truth", ui.run_key(run), getattr(screen, "data_hash", None)), lambda: truth_matrix(screen, model))
+    truth = results.memo(("truth", state.run_key(run), getattr(screen, "data_hash", None)), lambda: truth_matrix(screen, model))
     overlay = st.checkbox("Overlay the true graph (simulated screen)", value=truth is not None,
                           disabled=truth is None, key="cg_truth",
                           help=None if truth is not None else "Only simulated screens carry their truth.")
@@ -74,16 +74,14 @@ def main() -> None:
 
     if overlay and truth is not None:
         st.subheader("Recovery of the true graph")
-        rec = ui.memo(("recovery", ui.run_key(run), screen.data_hash, variant, lam), lambda: causal_recovery(E, truth))
-        true_edges = (np.abs(truth) > 0) & ~np.eye(len(truth), dtype=bool)
-        est_edges = (np.abs(E) > threshold) & ~np.eye(len(E), dtype=bool)
-        tp = int((true_edges & est_edges).sum())
+        rec = results.memo(("recovery", state.run_key(run), screen.data_hash, variant, lam), lambda: causal_recovery(E, truth))
+        pr = edge_precision_recall(E, truth, threshold=threshold)
         r = st.columns(5)
         r[0].metric("sign AUROC", f"{rec['sign_auroc']:.3f}")
         r[1].metric("sign macro-F1", f"{rec['sign_f1']:.3f}")
         r[2].metric("Pearson", f"{rec['pearson']:.3f}")
-        r[3].metric("precision @ threshold", f"{tp / max(est_edges.sum(), 1):.3f}")
-        r[4].metric("recall @ threshold", f"{tp / max(true_edges.sum(), 1):.3f}")
+        r[3].metric("precision @ threshold", f"{pr['precision']:.3f}")
+        r[4].metric("recall @ threshold", f"{pr['recall']:.3f}")
         st.caption("Off-diagonal entries of the estimate vs the true effect matrix (rows = sources); sign classes "
                    "at |true effect| ≥ 0.5 (METHOD §7).")
         ix = {g: i for i, g in enumerate(genes)}
@@ -93,12 +91,12 @@ def main() -> None:
     only_gene = st.checkbox(f"Only edges of {gene}", value=False, key="cg_only_gene")
     table = edges[(edges["source"] == gene) | (edges["target"] == gene)] if only_gene else edges
     st.dataframe(table.head(500), hide_index=True, key="edge_table")
-    prov = ui.provenance(screen, run, variant=variant, lam=lam, threshold=threshold)
-    st.download_button(f"Download {len(table)} edges (CSV)", ui.csv_bytes(table, prov),
+    prov = widgets.provenance(screen, run, variant=variant, lam=lam, threshold=threshold)
+    st.download_button(f"Download {len(table)} edges (CSV)", widgets.csv_bytes(table, prov),
                        file_name=f"effects_{variant}.csv", mime="text/csv", key="dl_edges")
 
 
 try:
     main()
 except LCDError as e:  # anything lcd_core refuses: say why, keep the app usable
-    ui.show_error(e)
+    widgets.show_error(e)

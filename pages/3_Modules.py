@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import ui_helpers as ui
+from app_ui import results, state, widgets
 from lcd_core import LCDError
 from lcd_core.clipr import CLIPR, VARIANTS
 from lcd_core.pl import effect_heatmap
-from lcd_core.tl import enrich_modules, find_modules, read_gmt, write_effects_csv, write_graphml, write_modules_tsv
-from lcd_core.tl import UNASSIGNED
+from lcd_core.tl import (UNASSIGNED, enrich_modules, find_modules, module_agreement, module_names, module_table, read_gmt,
+                         truth_gene_sets, write_effects_csv, write_graphml, write_modules_tsv)
 
 TRUE_SETS = "true modules of the simulated screen"
 
@@ -30,19 +30,15 @@ def gene_set_sources(screen, model) -> dict[str, object]:
     """name → path of a GMT file, or a dict of sets (the truth of a simulated screen)."""
     out: dict[str, object] = {}
     modelled = set(model.genes)
-    for p in sorted((ui.ROOT / "assets").glob("*.gmt")):
+    for p in sorted((state.ROOT / "assets").glob("*.gmt")):
         try:  # list only gene-set files that share genes with this run
             if any(modelled.intersection(v) for v in read_gmt(p).values()):
                 out[f"assets/{p.name}"] = p
         except LCDError:
             continue
     t = screen.truth if screen is not None else None
-    if t and "modules" in t and ui.same_genes(model, screen):
-        labels = [str(m) for m in t["modules"]]
-        sets: dict[str, list[str]] = {}
-        for g, m in zip(model.genes, labels):
-            sets.setdefault(f"TRUE_{m}", []).append(g)
-        out[TRUE_SETS] = sets
+    if t and "modules" in t and state.same_genes(model, screen):
+        out[TRUE_SETS] = truth_gene_sets(model.genes, t["modules"])
     return out
 
 
@@ -51,16 +47,16 @@ def enrichment_table(source, genes: list[str], labels) -> tuple[pd.DataFrame | N
         sets = read_gmt(source, genes=genes) if isinstance(source, Path) else dict(source)
         df = enrich_modules(labels, genes, sets)
     except LCDError as e:
-        ui.show_error(e, "Enrichment")
+        widgets.show_error(e, "Enrichment")
         return None, ""
     bg = f"background: the {len(genes)} modelled genes; {df.attrs.get('n_tests', 0)} module × set tests, BH-corrected"
     return df, bg
 
 
 def main() -> None:
-    screen, run = ui.page_setup("Modules", "🧩")
+    screen, run = widgets.page_setup("Modules", "🧩")
     st.title("Functional modules")
-    model = ui.require_model(screen, run)
+    model = widgets.require_model(screen, run)
     if model is None:
         return
     c1, c2, c3, c4 = st.columns(4)
@@ -77,28 +73,25 @@ def main() -> None:
         resolution = c3.slider("Resolution", 0.1, 3.0, 1.0, 0.05, key="mod_resolution",
                                help="Modularity resolution; higher = more, smaller modules.")
     min_size = int(c4.number_input("Smallest module (genes)", 2, 50, 5, key="mod_min_size"))
-    res = ui.clipr(run, variant, CLIPR.lam if variant == "paper" else None)
+    res = results.clipr(run, variant, CLIPR.lam if variant == "paper" else None)
     if res is None:
         return
     genes = list(model.genes)
     try:
-        mods = modules_of((ui.run_key(run), variant), np.asarray(res.effects), tuple(genes), method, float(cut),
+        mods = modules_of((state.run_key(run), variant), np.asarray(res.effects), tuple(genes), method, float(cut),
                           float(resolution), min_size)
     except LCDError as e:
-        ui.show_error(e, "Modules")
+        widgets.show_error(e, "Modules")
         return
     labels = np.asarray(mods.labels)
-    names = [m for m in dict.fromkeys(labels.tolist()) if m != UNASSIGNED]
-    names.sort(key=lambda m: int(m[1:]) if m[1:].isdigit() else 0)
+    names = module_names(mods)
     m = st.columns(3)
     m[0].metric("modules", len(names))
     m[1].metric("genes in modules", int((labels != UNASSIGNED).sum()))
     m[2].metric("unassigned", int((labels == UNASSIGNED).sum()))
-    if screen is not None and screen.truth and "modules" in screen.truth and ui.same_genes(model, screen):
-        from sklearn.metrics import adjusted_rand_score
-
+    if screen is not None and screen.truth and "modules" in screen.truth and state.same_genes(model, screen):
         st.caption(f"Agreement with the true modules (adjusted Rand index): "
-                   f"{adjusted_rand_score(list(map(str, screen.truth['modules'])), labels.tolist()):.3f}")
+                   f"{module_agreement(mods, screen.truth['modules']):.3f}")
 
     order = np.asarray(mods.order)
     st.plotly_chart(effect_heatmap(mods.reordered, [genes[i] for i in order], labels[order],
@@ -114,22 +107,13 @@ def main() -> None:
         up = st.file_uploader("Gene sets (.gmt)", key="gmt_upload")
         if up is not None:
             try:
-                enr, background = enrichment_table(ui.save_upload(up, ".gmt"), genes, labels)
+                enr, background = enrichment_table(state.save_upload(up, ".gmt"), genes, labels)
             except LCDError as e:
-                ui.show_error(e, up.name)
+                widgets.show_error(e, up.name)
     elif src != "none":
         enr, background = enrichment_table(sources[src], genes, labels)
 
-    rows = []
-    for name in names:
-        members = [g for g, lab in zip(genes, labels) if lab == name]
-        row = {"module": name, "size": len(members), "hubs": ", ".join(mods.hubs.get(name, [])),
-               "genes": ", ".join(members)}
-        if enr is not None:
-            sub = enr[enr["module"] == name].head(3)
-            row["top terms (q)"] = "; ".join(f"{t} ({q:.2g})" for t, q in zip(sub["term"], sub["q"])) or "none at q < 0.01"
-        rows.append(row)
-    table = pd.DataFrame(rows)
+    table = module_table(mods, enrichment=enr)
     st.dataframe(table, hide_index=True, key="module_table")
     if background:
         st.caption(f"Enrichment ({src}): hypergeometric over-representation, {background}.")
@@ -138,7 +122,7 @@ def main() -> None:
             st.dataframe(enr, hide_index=True)
 
     st.subheader("Downloads")
-    prov = ui.provenance(screen, run, variant=variant, lam=res.params.get("lam"), **mods.params,
+    prov = widgets.provenance(screen, run, variant=variant, lam=res.params.get("lam"), **mods.params,
                          gene_sets=None if src in ("none", "upload a GMT file") else src)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -160,4 +144,4 @@ def main() -> None:
 try:
     main()
 except LCDError as e:
-    ui.show_error(e)
+    widgets.show_error(e)

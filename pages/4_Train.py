@@ -1,5 +1,6 @@
 """Train: start `lcd train` in a background process, follow it live, cancel it; finished runs appear in
-the run picker. The process outlives page reloads (its state is read from the run's log.jsonl)."""
+the run picker. The process outlives page reloads and server restarts (a detached job of
+lcd_core.backends; its progress is read from the run's log.jsonl)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import streamlit as st
 
-import ui_helpers as ui
+from app_ui import state, training, widgets
 from lcd_core import LCDError
-from lcd_core.model import PRESETS
+from lcd_core.model import DEFAULT_PRESET, PRESET_NAMES
 from lcd_core.pl import loss_curve
 
 
@@ -46,11 +47,11 @@ def new_training(screen) -> None:
             path = screen.path
             st.caption(f"`{screen.path}` · {screen.adata.n_obs:,} cells · {screen.adata.n_vars} genes")
     elif src == "upload an .h5ad":
-        up = st.file_uploader(f"Screen (.h5ad, at most {ui.upload_limit_mb()} MB)", key="tr_upload")
+        up = st.file_uploader(f"Screen (.h5ad, at most {widgets.upload_limit_mb()} MB)", key="tr_upload")
         if up is not None:
             try:
-                path = ui.save_upload(up)
-                ui.load_screen(path)
+                path = state.save_upload(up)
+                state.load_screen(path)
             except LCDError as e:
                 st.error(f"{up.name}: {e}")
                 path = None
@@ -58,14 +59,15 @@ def new_training(screen) -> None:
         typed = st.text_input("Path to an .h5ad file", key="tr_path")
         if typed:
             try:
-                ui.load_screen(Path(typed).expanduser())
+                state.load_screen(Path(typed).expanduser())
                 path = Path(typed).expanduser()
             except LCDError as e:
                 st.error(f"{typed}: {e}")
 
     c1, c2, c3 = st.columns(3)
-    preset = c1.selectbox("Preset", list(PRESETS), key="tr_preset",
-                          help="demo: minutes on a laptop CPU; standard: one GPU, 1000 genes; paper: the authors' settings.")
+    preset = c1.selectbox("Preset", PRESET_NAMES, index=PRESET_NAMES.index(DEFAULT_PRESET), key="tr_preset",
+                          help="auto: demo sized to the screen on a CPU, standard on a GPU; demo: minutes on a laptop "
+                               "CPU; standard: one GPU, 1000 genes; paper: the authors' settings.")
     device = c2.selectbox("Device", devices(), key="tr_device")
     backend = c3.radio("Backend", ["local", "ray"], horizontal=True, key="tr_backend",
                        help="local: a process on this machine; ray: a Ray cluster (needs `pip install -e .[ray]`).")
@@ -84,66 +86,67 @@ def new_training(screen) -> None:
         overrides = st.text_area("Overrides, one key=value per line (e.g. stage2.steps=2000)", key="tr_overrides")
     if st.button("Start training", type="primary", disabled=path is None, key="tr_start"):
         try:
-            rec = ui.start_training(path, name.strip(), preset=preset, device=device, backend=backend,
-                                    ray_address=ray_address, holdout=holdout.strip() or None, seed=seed,
-                                    overrides=[o.strip() for o in overrides.splitlines() if o.strip()],
-                                    screen_options=st.session_state.get("screen_options")
-                                    if src == "the current screen" else None)
-            st.success(f"Started `{rec['name']}` (process {rec['pid']}).")
+            job = training.start_training(path, name.strip(), preset=preset, device=device, backend=backend,
+                                          ray_address=ray_address, holdout=holdout.strip() or None, seed=seed,
+                                          overrides=[o.strip() for o in overrides.splitlines() if o.strip()],
+                                          screen_options=st.session_state.get("screen_options")
+                                          if src == "the current screen" else None)
+            st.success(f"Started `{job.name}` (process {job.pid}).")
         except LCDError as e:
-            ui.show_error(e, "Training could not start")
+            widgets.show_error(e, "Training could not start")
 
 
 @st.fragment(run_every=2.0)
 def progress_panel() -> None:
     """Live progress of every training started from the app; reruns every 2 s by itself."""
-    recs = ui.training_jobs()
+    jobs = training.trainings()
     st.subheader("Trainings")
-    if not recs:
+    if not jobs:
         st.caption("None yet.")
         return
-    for rec in recs:
-        prog = ui.training_progress(rec)
+    for job in jobs:
+        prog = training.training_progress(job)
+        state_ = job.state
+        req = job.request
         with st.container(border=True):
-            head = f"**{rec['name']}** · {rec['preset']} · {rec['device']} · {rec['backend']} · **{rec['state']}**"
+            head = f"**{job.name}** · {req.preset} · {req.device} · {req.backend} · **{state_}**"
             st.markdown(head)
-            if rec["state"] == "running":
+            if state_ == "running":
                 total = max(prog["total"], 1)
                 stage = prog["stage"] or "starting"
                 loss = f"{prog['loss']:.4g}" if isinstance(prog["loss"], (int, float)) else "–"
                 st.progress(min(prog["step"] / total, 1.0),
                             text=f"{stage}: step {prog['step']}/{prog['total']} · loss {loss} · "
-                                 f"ETA {ui.fmt_seconds(prog['eta'])} (this stage)")
-                if st.button("Cancel", key=f"cancel_{rec['name']}"):
-                    ui.cancel_training(rec["name"])
+                                 f"ETA {training.fmt_seconds(prog['eta'])} (this stage)")
+                if st.button("Cancel", key=f"cancel_{job.name}"):
+                    job.cancel()
                     st.rerun(scope="app")
-            elif rec["state"] in ("failed", "cancelled"):
-                if rec["state"] == "failed":
+            elif state_ in ("failed", "cancelled"):
+                if state_ == "failed":
                     st.error("Training stopped with an error:")
                     st.code(prog["tail"].strip().splitlines()[-1] if prog["tail"].strip() else "(no output)",
                             language=None)
-                if st.button("Resume from the last checkpoint", key=f"resume_{rec['name']}"):
+                if st.button("Resume from the last checkpoint", key=f"resume_{job.name}"):
                     try:
-                        ui.start_training(rec["screen"], rec["name"], preset=rec["preset"], device=rec["device"],
-                                          backend=rec["backend"], **ui.resume_options(rec))
+                        training.resume_training(job)
                         st.rerun(scope="app")
                     except LCDError as e:
-                        ui.show_error(e, "Resume")
-            elif rec["state"] == "complete":
-                st.success(f"Finished: `{rec['out']}`; it is in the model picker.")
-                if st.button("Use this run", key=f"use_{rec['name']}"):
-                    st.session_state["run_path"] = rec["out"]
+                        widgets.show_error(e, "Resume")
+            elif state_ == "complete":
+                st.success(f"Finished: `{job.out}`; it is in the model picker.")
+                if st.button("Use this run", key=f"use_{job.name}"):
+                    st.session_state["run_path"] = str(job.out)
                     st.rerun(scope="app")
             if len(prog["history"]):
-                st.plotly_chart(loss_curve(prog["history"]), key=f"loss_{rec['name']}")
-    if any(r["state"] == "running" for r in recs):
+                st.plotly_chart(loss_curve(prog["history"]), key=f"loss_{job.name}")
+    if any(job.state == "running" for job in jobs):
         st.session_state["_was_training"] = True
     elif st.session_state.pop("_was_training", False):
         st.rerun(scope="app")  # a training just ended: refresh the run picker
 
 
 def main() -> None:
-    screen, _ = ui.page_setup("Train", "🏋️")
+    screen, _ = widgets.page_setup("Train", "🏋️")
     st.title("Train a model")
     new_training(screen)
     progress_panel()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-import ui_helpers as ui
+from app_ui import jobs, state, widgets
 from lcd_core import LCDError
 from lcd_core.metrics import summarize
 from lcd_core.pl import metric_bars
@@ -38,12 +38,12 @@ def with_calibrated(summ, half: list):
 
 
 def main() -> None:
-    screen, run = ui.page_setup("Benchmark", "📊")
+    screen, run = widgets.page_setup("Benchmark", "📊")
     st.title("Benchmark")
-    model = ui.require_model(screen, run)
+    model = widgets.require_model(screen, run)
     if model is None or screen is None:
         return
-    if not ui.same_genes(model, screen):
+    if not state.same_genes(model, screen):
         st.warning("The selected screen is not the one this run was trained on: choose it on Home to benchmark.")
         return
     held = [c for c in model.info.get("heldout", []) if c in set(screen.conditions)]
@@ -51,8 +51,8 @@ def main() -> None:
                 "and by the baselines (control: no change; pooled perturbed cells; additive: control + sum of "
                 "single-gene shifts; linear), then compared with the observed cells.")
     n_cells = st.select_slider("Cells per condition and method", [100, 200, 300, 500], value=200, key="bm_cells")
-    key = ("evaluate+calibrated", ui.run_key(run), screen.data_hash, int(n_cells))
-    result = ui.run_job(key, lambda: _evaluate(model, screen, int(n_cells)), label="benchmark",
+    key = ("evaluate+calibrated", state.run_key(run), screen.data_hash, int(n_cells))
+    result = jobs.run_job(key, lambda: _evaluate(model, screen, int(n_cells)), label="benchmark",
                         what=f"Evaluating {len(held)} held-out conditions", wait=3.0, store="resources")
     if result is None:
         return
@@ -60,7 +60,7 @@ def main() -> None:
     try:
         summ = with_calibrated(summarize(per, "lcd"), half)
     except LCDError as e:
-        ui.show_error(e, "Summary")
+        widgets.show_error(e, "Summary")
         return
     metric = st.selectbox("Metric", [m for m in PLOTTED if m in set(summ["metric"])], key="bm_metric")
     st.plotly_chart(metric_bars(summ, [metric], title=f"{metric}: mean ± s.e.m. over held-out conditions"),
@@ -73,15 +73,15 @@ def main() -> None:
                "1 = as good as repeating the experiment (half the observed cells predicting the other half).")
     st.subheader("Per condition")
     st.dataframe(per, hide_index=True, key="bm_per_condition")
-    prov = ui.provenance(screen, run, n_cells=int(n_cells), heldout=held)
+    prov = widgets.provenance(screen, run, n_cells=int(n_cells), heldout=held)
     c1, c2 = st.columns(2)
-    c1.download_button("Per-condition table (CSV)", ui.csv_bytes(per, prov), "benchmark_per_condition.csv",
+    c1.download_button("Per-condition table (CSV)", widgets.csv_bytes(per, prov), "benchmark_per_condition.csv",
                        "text/csv", key="dl_bm_per")
-    c2.download_button("Summary (CSV)", ui.csv_bytes(summ, prov), "benchmark_summary.csv", "text/csv",
+    c2.download_button("Summary (CSV)", widgets.csv_bytes(summ, prov), "benchmark_summary.csv", "text/csv",
                        key="dl_bm_summary")
 
 
 try:
     main()
 except LCDError as e:
-    ui.show_error(e)
+    widgets.show_error(e)

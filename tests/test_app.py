@@ -358,13 +358,13 @@ def test_train_cancel_stops_the_process_and_a_resume_finishes_the_run(app_env):
     complete (its checkpoints are kept), and starting it again resumes and finishes it."""
     import json
 
-    import ui_helpers as ui
+    from app_ui import training
     from lcd_core.model import RunDir
 
     tiny = ["stage1.steps=20", "stage1.n_samples=64", "stage2.steps=1500", "stage2.hidden=32", "stage2.emb_dim=8",
             "stage2.batch_size=128", "n_latent_samples=100", "min_cells=10", "checkpoint_seconds=0.5"]
-    rec = ui.start_training(app_env["screen"], "to-cancel", overrides=tiny)
-    out, pid = Path(rec["out"]), int(rec["pid"])
+    job = training.start_training(app_env["screen"], "to-cancel", overrides=tiny)
+    out, pid = job.out, job.pid
     def in_stage2() -> bool:
         log = out / "log.jsonl"
         return (out / "checkpoints" / "stage2.pt").exists() and log.exists() and '"stage2"' in log.read_text()
@@ -373,19 +373,19 @@ def test_train_cancel_stops_the_process_and_a_resume_finishes_the_run(app_env):
     while not in_stage2() and time.monotonic() - t0 < 240:
         assert not (out / "COMPLETE").exists(), "finished before it could be cancelled: give it more steps"
         time.sleep(0.2)
-    ui.cancel_training("to-cancel")
+    job.cancel()
     with pytest.raises(ProcessLookupError):  # the process (and its group) no longer exists
         os.killpg(pid, 0)
     assert not (out / "COMPLETE").exists() and not RunDir(out).is_complete()
     assert (out / "checkpoints" / "stage2.pt").exists()
-    assert next(r["state"] for r in ui.training_jobs() if r["name"] == "to-cancel") == "cancelled"
+    listed = next(j for j in training.trainings() if j.name == "to-cancel")  # as a restarted server finds it
+    assert listed.state == "cancelled" and listed.request.overrides == tuple(tiny)
     size = (out / "log.jsonl").stat().st_size
     time.sleep(1.0)
     assert (out / "log.jsonl").stat().st_size == size, "something still trains into the run"
 
-    opts = ui.resume_options(rec)
-    assert opts["overrides"] == tiny
-    ui.start_training(rec["screen"], "to-cancel", preset=rec["preset"], **opts)
+    resumed = training.resume_training(listed)
+    assert resumed.pid != pid and resumed.request == job.request
     t0 = time.monotonic()
     while not (out / "COMPLETE").exists() and time.monotonic() - t0 < 240:
         time.sleep(0.5)
@@ -512,9 +512,9 @@ def test_jobs_queued_after_another_wait_for_it():
     order, and results stay keyed by what they compute."""
     import threading
 
-    import ui_helpers as ui
+    from app_ui.jobs import Jobs
 
-    table = ui.Jobs()
+    table = Jobs()
     gate, order = threading.Event(), []
 
     def first():

@@ -83,6 +83,51 @@ def test_local_cancel_leaves_no_complete_run(screen_path, tmp_path):
     assert json.loads((out / "config.json").read_text())["status"] == "training"
 
 
+
+def test_detached_training_is_listed_cancelled_and_resumed(screen_path, tmp_path):
+    """A training in its own process (the app's Train page): found again from its job files alone (as a
+    restarted server finds it), progress through the Job interface, a cancel that stops the process
+    group, and a resume that restarts the recorded request, not a re-parsed command line."""
+    from lcd_core.backends import DetachedJob, TrainRequest, list_detached, submit_detached
+
+    jobs_dir = tmp_path / ".jobs"
+    request = TrainRequest(screen=str(screen_path), out=str(tmp_path / "long"), device="cpu",
+                           overrides=("stage1.steps=1000000", "stage1.log_every=5", "stage1.n_samples=64",
+                                      "min_cells=10", "checkpoint_seconds=0.5"))
+    for bad in ("", "../x", "a b"):
+        with pytest.raises(ConfigError, match="run names"):
+            submit_detached(request, jobs_dir=jobs_dir, name=bad, cwd=REPO)
+    job = submit_detached(request, jobs_dir=jobs_dir, name="long", cwd=REPO)
+    try:
+        t0, events = time.monotonic(), []
+        while not events:
+            assert time.monotonic() - t0 < 120, (job.state, job.log_tail())
+            events = job.poll()
+            time.sleep(0.2)
+        assert events[0][0] == "stage1" and events[0][2] == 1_000_000
+        [found] = list_detached(jobs_dir)  # a fresh read of the job files
+        assert isinstance(found, DetachedJob) and (found.name, found.pid, found.request) == ("long", job.pid, request)
+        assert found.state == "running" and not found.done()
+        with pytest.raises(ConfigError, match="already training"):
+            submit_detached(request, jobs_dir=jobs_dir, name="long", cwd=REPO)
+        found.cancel()
+        with pytest.raises(ProcessLookupError):  # the process and its group are gone
+            os.killpg(job.pid, 0)
+        assert [j.state for j in list_detached(jobs_dir)] == ["cancelled"]
+        with pytest.raises(JobCancelled):
+            job.wait(timeout=10)
+        assert not RunDir(request.out).is_complete()
+
+        resumed = list_detached(jobs_dir)[0].resume(cwd=REPO)
+        assert resumed.pid != job.pid and resumed.request == request and resumed.state == "running"
+        assert "--set" in json.loads((jobs_dir / "long.json").read_text())["cmd"]
+    finally:
+        for j in list_detached(jobs_dir):
+            if j.state == "running":
+                j.cancel()
+    assert [j.state for j in list_detached(jobs_dir)] == ["cancelled"]
+
+
 def test_get_backend_rejects_bad_choices():
     with pytest.raises(ConfigError, match="unknown backend"):
         get_backend("slurm")

@@ -354,3 +354,36 @@ def test_shipped_demo_run_paper_clipr_warns_only_when_cut_short():
     notes = [w for w in cut.warnings if "not converged" in w]
     first = single_gene_conditions(model)[0][0]
     assert len(notes) == 1 and f"ctrl, {first}," in notes[0] and "gene 0" not in notes[0], notes
+
+
+def test_edge_precision_recall_at_a_threshold():
+    """The Causal graph page's precision / recall: estimated edges |e| > threshold against true edges,
+    off the diagonal."""
+    from lcd_core.tl import edge_precision_recall
+
+    truth = np.array([[-1.0, 0.8, 0.0, 0.0],
+                      [0.0, -1.0, -0.6, 0.0],
+                      [0.0, 0.0, -1.0, 0.0],
+                      [0.3, 0.0, 0.0, -1.0]])  # 3 true edges
+    est = np.array([[-5.0, 0.9, 0.05, 0.0],
+                    [0.0, -5.0, -0.2, 0.7],
+                    [0.0, 0.0, -5.0, 0.0],
+                    [0.0, 0.0, 0.0, -5.0]])  # the diagonal never counts
+    pr = edge_precision_recall(est, truth, threshold=0.1)
+    assert pr == {"precision": 2 / 3, "recall": 2 / 3, "tp": 2, "n_estimated": 3, "n_true": 3}
+    strict = edge_precision_recall(est, truth, threshold=0.8)
+    assert (strict["precision"], strict["recall"]) == (1.0, 1 / 3)
+    none = edge_precision_recall(est, truth, threshold=10.0)
+    assert (none["precision"], none["recall"], none["n_estimated"]) == (0.0, 0.0, 0)
+    with pytest.raises(LCDError):
+        edge_precision_recall(est[:3, :3], truth, threshold=0.1)
+
+
+def test_singular_response_flags_only_implausible_what_ifs():
+    from lcd_core.tl import singular_response
+
+    sd = np.array([0.5, 1.0, 2.0])
+    assert singular_response(np.array([10.0, -50.0, 100.0]), sd) is None  # at most 50 sd
+    assert singular_response(np.array([0.0, -150.0, 1.0]), sd) == 150.0
+    assert singular_response(np.array([0.0, np.nan, 1.0]), sd) == np.inf
+    assert singular_response(np.array([0.0, 20.0, 0.0]), sd, max_sd=10.0) == 20.0

@@ -116,4 +116,24 @@ def test_app_pages_show_the_settings_defaults(demo_run, monkeypatch):
     at.run()
     at.radio(key="cg_variant").set_value("paper").run()
     assert at.select_slider(key="cg_lam").value == CLIPR.lam
+    at.switch_page("pages/4_Train.py")
+    at.run()
+    from lcd_core.model import DEFAULT_PRESET
+    assert at.selectbox(key="tr_preset").value == DEFAULT_PRESET
     assert os.environ["LCD_APP_DEMO_RUN"] == str(demo_run)
+
+
+def test_training_preset_default_is_one_name_everywhere():
+    """``lcd train``, a backend's training request and the Train page start from the same preset."""
+    import inspect
+
+    from app_ui import training
+    from lcd_core.backends import TrainRequest
+    from lcd_core.cli import build_parser
+    from lcd_core.model import DEFAULT_PRESET, PRESET_NAMES
+
+    args = build_parser().parse_args(["train", "x.h5ad", "--out", "r"])
+    assert args.preset == DEFAULT_PRESET == "auto"
+    assert TrainRequest(screen="x.h5ad", out="r").preset == DEFAULT_PRESET
+    assert inspect.signature(training.start_training).parameters["preset"].default == DEFAULT_PRESET
+    assert set(PRESET_NAMES) == {"auto", "demo", "standard", "paper"}

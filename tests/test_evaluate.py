@@ -129,3 +129,19 @@ def test_readme_cell_eval_command_scores_the_evaluate_files(tmp_path):
     scored = pd.read_csv(tmp_path / "cell-eval" / "results.csv")
     heldout = set(pd.read_csv(report / "per_condition.csv")["condition"])
     assert set(scored["perturbation"]) == heldout and scored.drop(columns="perturbation").notna().any(axis=None)
+
+
+def test_training_reference_is_what_the_scores_are_measured_against(run):
+    """The training cells the baselines are fitted on and the perturbed mean of the Systema delta, one
+    definition for evaluate_run and the app's Perturb page."""
+    from lcd_core import KEYS
+    from lcd_core.model import training_reference
+
+    _, screen, model = run
+    cells, perturbed_mean = training_reference(model, screen)
+    assert set(cells) == set(model.conditions) and "G00+G01" not in cells and KEYS.CONTROL in cells
+    np.testing.assert_array_equal(cells["G00"], screen.log1p("G00"))
+    expected = np.mean([screen.log1p(c).mean(0) for c in model.conditions if c != KEYS.CONTROL], axis=0)
+    np.testing.assert_allclose(perturbed_mean, expected)
+    assert perturbed_mean.shape == (len(screen.genes),)
+    assert not np.allclose(perturbed_mean, screen.log1p(KEYS.CONTROL).mean(0))

@@ -122,3 +122,33 @@ def test_exports_with_provenance(tmp_path):
     assert G.number_of_edges() == len(long) and json.loads(side.read_text())["variant"] == "directed"
     with pytest.raises(ConfigError):
         write_effects_csv(tmp_path / "x.csv", E, genes, provenance={"bad": object()})
+
+
+def test_module_table_agreement_and_truth_sets():
+    """What the Modules page shows: one row per module (largest first, with its hubs and genes, and its
+    top enriched terms), the adjusted Rand index against the truth, the truth as gene sets."""
+    rng = np.random.default_rng(2)
+    E, truth = block_effects([10, 8, 6, 2], rng)  # the last block is too small to be a module
+    genes = [f"g{i}" for i in range(len(truth))]
+    res = find_modules(E, genes, method="louvain")
+    from lcd_core.tl import module_agreement, module_names, module_table, truth_gene_sets
+
+    assert module_names(res) == ["M1", "M2", "M3"]
+    table = module_table(res)
+    assert list(table.columns) == ["module", "size", "hubs", "genes"]
+    assert table["size"].tolist() == sorted(table["size"], reverse=True) and table["size"].sum() < len(genes)
+    m1 = table.iloc[0]
+    assert set(m1["genes"].split(", ")) == {g for g, lab in zip(genes, res.labels) if lab == "M1"}
+    assert m1["hubs"].split(", ") == res.hubs["M1"]
+    enr = pd.DataFrame({"module": ["M1", "M1", "M2"], "term": ["A", "B", "C"], "q": [1e-5, 2e-3, 4e-4]})
+    with_terms = module_table(res, enrichment=enr, n_terms=1)
+    assert with_terms["top terms (q)"].tolist() == ["A (1e-05)", "C (0.0004)", "none at q < 0.01"]
+
+    true_labels = [f"T{t}" for t in truth]
+    assert module_agreement(res, true_labels) == pytest.approx(adjusted_rand_score(true_labels, res.labels))
+    shuffled = rng.permutation(true_labels)
+    assert module_agreement(res, shuffled) < module_agreement(res, true_labels)
+    with pytest.raises(ConfigError, match="one per gene"):
+        module_agreement(res, true_labels[:-1])
+    sets = truth_gene_sets(genes, true_labels)
+    assert sorted(sets) == ["TRUE_T0", "TRUE_T1", "TRUE_T2", "TRUE_T3"] and sets["TRUE_T1"] == genes[10:18]

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from ._base import (Backend, BackendError, BackendResourceError, BackendUnavailable, Job, JobCancelled,
                     Progress, ProgressFn)
+from ._detached import DetachedJob, TrainRequest, list_detached, submit_detached
 from ._factory import BACKENDS, get_backend
 from ._local import LocalBackend
 
 __all__ = ["get_backend", "Backend", "Job", "LocalBackend", "BackendError", "BackendUnavailable",
-           "BackendResourceError", "JobCancelled", "Progress", "ProgressFn", "BACKENDS"]
+           "BackendResourceError", "JobCancelled", "Progress", "ProgressFn", "BACKENDS",
+           "TrainRequest", "DetachedJob", "submit_detached", "list_detached"]

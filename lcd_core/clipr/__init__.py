@@ -16,7 +16,7 @@ from .._settings import CLIPR, DIRECTED_SOURCES, REF_POINTS, VARIANTS, CliprOpti
 from ._paper import clipr_from_drift, clipr_paper
 from ._readout import ALGORITHM_VERSION, cache_key, get_clipr, single_gene_conditions
 from ._result import CliprResult
-from ._whatif import whatif_cells, whatif_drift_shift, whatif_shift
+from ._whatif import MAX_RESPONSE_SD, singular_response, whatif_cells, whatif_drift_shift, whatif_shift
 
 __all__ = [
     "CliprOptions", "CLIPR", "clipr_options", "ALGORITHM_VERSION", "VARIANTS", "DIRECTED_SOURCES", "REF_POINTS",
@@ -24,6 +24,6 @@ __all__ = [
     "fixed_points", "limit_responses", "convergence_warning",
     "clipr_paper", "clipr_from_drift",
     "clipr_directed", "clipr_directed_from_data", "interventional_inversion",
-    "whatif_shift", "whatif_drift_shift", "whatif_cells",
+    "whatif_shift", "whatif_drift_shift", "whatif_cells", "singular_response", "MAX_RESPONSE_SD",
     "get_clipr", "single_gene_conditions",
 ]

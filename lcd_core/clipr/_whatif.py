@@ -96,3 +96,18 @@ def whatif_cells(model, A: np.ndarray, interventions: Mapping[str, float], *, n_
     pred = model.predict([KEYS.CONTROL], n_cells=n_cells, seed=seed)
     latent = pred.latent[KEYS.CONTROL].astype(np.float64) + shift[None, :]
     return shift, model.decode(latent, seed=seed + 1)
+
+
+#: a linear response beyond this many latent standard deviations is no state a cell could reach: it
+#: comes from a nearly singular drift matrix (the paper variant when few genes were perturbed)
+MAX_RESPONSE_SD = 100.0
+
+
+def singular_response(shift: np.ndarray, sd: np.ndarray, *, max_sd: float = MAX_RESPONSE_SD) -> float | None:
+    """The largest response of a what-if in latent standard deviations, ``max_j |shift_j| / sd_j``, when
+    it is not finite or exceeds ``max_sd`` (the linearised dynamics are nearly singular and the what-if
+    means nothing); ``None`` for a plausible response. ``shift``, ``sd``: ``(d,)`` latent units."""
+    z = np.abs(np.asarray(shift, dtype=float)) / np.asarray(sd, dtype=float)
+    if not np.all(np.isfinite(z)):
+        return float("inf")
+    return float(z.max()) if z.size and z.max() > max_sd else None

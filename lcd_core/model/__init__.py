@@ -1,15 +1,16 @@
 """The user-facing model: the :class:`LCD` class, training presets, the training driver and run directories."""
 
 from ._lcd import LCD, Prediction
+from .._settings import DEFAULT_PRESET, PRESET_NAMES
 from ._presets import PRESETS, TrainConfig, apply_overrides, get_preset
 from ._run import RunDir
 from ..clipr import get_clipr, single_gene_conditions  # re-exported: CLIPR's home is lcd_core.clipr
 from ._evaluate import (cell_eval_anndata, evaluate_folds, evaluate_run, h5ad_bytes, prediction_anndata,
-                        summary_markdown, write_report)
+                        summary_markdown, training_reference, write_report)
 from ._fit import FIT_FILE, condition_fit, fit_report, no_change_check, read_fit
 from ._train import resolve_split, train, validation_split
 
-__all__ = ["LCD", "Prediction", "TrainConfig", "PRESETS", "get_preset", "apply_overrides", "RunDir", "train", "resolve_split",
+__all__ = ["LCD", "Prediction", "TrainConfig", "PRESETS", "PRESET_NAMES", "DEFAULT_PRESET", "get_preset", "apply_overrides", "RunDir", "train", "resolve_split",
            "get_clipr", "single_gene_conditions", "evaluate_run", "evaluate_folds", "summary_markdown", "write_report",
-           "fit_report", "read_fit", "FIT_FILE", "validation_split",
+           "training_reference", "fit_report", "read_fit", "FIT_FILE", "validation_split",
            "condition_fit", "no_change_check", "prediction_anndata", "cell_eval_anndata", "h5ad_bytes"]

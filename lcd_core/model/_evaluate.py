@@ -39,6 +39,25 @@ def check_screen_matches(model: LCD, screen: Screen) -> None:
         model.info.setdefault("warnings", []).append("screen file differs from the one the run was trained on")
 
 
+def training_reference(model: LCD, screen: Screen) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """What every score of a run is measured against: its training conditions as the screen measures them.
+
+    Returns
+    -------
+    train_cells
+        Condition → ``(n_cells, d)`` log1p CP10k cells, for the run's training conditions (control
+        included) that the screen has; the baselines are fitted on these.
+    train_perturbed_mean
+        ``(d,)`` mean over the perturbed training conditions of their mean cell (the reference of the
+        Systema Pearson delta); the control mean when the run trained on control only.
+    """
+    measured = set(screen.conditions)
+    train_cells = {c: screen.log1p(c) for c in model.conditions if c in measured}
+    perturbed_means = [x.mean(0) for c, x in train_cells.items() if c != KEYS.CONTROL]
+    mean = np.mean(perturbed_means, axis=0) if perturbed_means else screen.log1p(KEYS.CONTROL).mean(0)
+    return train_cells, mean
+
+
 def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = None, n_cells: int = 500,
                  seed: int = 0, sampler: str | None = None, n_evals: int | None = None,
                  progress: ProgressFn | None = None,
@@ -83,11 +102,8 @@ def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = N
     unknown = [c for c in conditions if c not in set(screen.conditions)]
     if unknown:
         raise ConfigError(f"conditions not measured in the screen: {', '.join(unknown[:10])}")
-    train_conds = [c for c in model.conditions if c in set(screen.conditions)]
-    train_cells = {c: screen.log1p(c) for c in train_conds}
+    train_cells, train_perturbed_mean = training_reference(model, screen)
     control = train_cells[KEYS.CONTROL]
-    perturbed_means = [train_cells[c].mean(0) for c in train_conds if c != KEYS.CONTROL]
-    train_perturbed_mean = np.mean(perturbed_means, axis=0) if perturbed_means else control.mean(0)
     baselines = {name: b.fit(train_cells, KEYS.CONTROL, var_names=screen.genes) for name, b in make_baselines().items()}
     if model.noise is not None and model.anchors is None:  # a run from before anchors: fitted here, not saved
         model.anchors = fit_anchors(model, train_cells, seed=seed)

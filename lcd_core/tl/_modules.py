@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
+import pandas as pd
 from scipy.cluster.hierarchy import fcluster, leaves_list, linkage
 from scipy.sparse.csgraph import shortest_path
 from scipy.spatial.distance import squareform
@@ -159,6 +160,50 @@ def find_modules(
         labels=labels, genes=genes, order=order, reordered=E[np.ix_(order, order)], hubs=hubs,
         linkage=Z, distances=D, params=params,
     )
+
+
+def module_names(modules: ModuleResult) -> list[str]:
+    """The module labels of ``modules`` in order ``M1, M2, ...`` (largest first), without ``unassigned``."""
+    names = [m for m in dict.fromkeys(np.asarray(modules.labels).tolist()) if m != UNASSIGNED]
+    return sorted(names, key=lambda m: int(m[1:]) if m[1:].isdigit() else 0)
+
+
+def module_table(modules: ModuleResult, *, enrichment: pd.DataFrame | None = None, n_terms: int = 3) -> pd.DataFrame:
+    """One row per module: ``module``, ``size``, ``hubs`` and ``genes`` (comma-joined, input order).
+
+    With ``enrichment`` (the table of :func:`lcd_core.tl.enrich_modules`, best term first per module) a
+    column ``top terms (q)`` lists the module's first ``n_terms`` terms with their BH q-values, or
+    ``"none at q < 0.01"`` (the enrichment table keeps only those).
+    """
+    labels = np.asarray(modules.labels)
+    rows = []
+    for name in module_names(modules):
+        row = {"module": name, "size": int((labels == name).sum()), "hubs": ", ".join(modules.hubs.get(name, [])),
+               "genes": ", ".join(str(g) for g, lab in zip(modules.genes, labels) if lab == name)}
+        if enrichment is not None:
+            sub = enrichment[enrichment["module"] == name].head(n_terms)
+            row["top terms (q)"] = "; ".join(f"{t} ({q:.2g})" for t, q in zip(sub["term"], sub["q"])) or "none at q < 0.01"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["module", "size", "hubs", "genes"] + (["top terms (q)"] if enrichment is not None else []))
+
+
+def module_agreement(modules: ModuleResult, truth: Sequence) -> float:
+    """Adjusted Rand index between the module labels and ``truth`` (``(d,)`` true module per gene, e.g. a
+    simulated screen's ``uns["truth"]["modules"]``); ``unassigned`` genes count as one more cluster."""
+    from sklearn.metrics import adjusted_rand_score
+
+    truth = [str(t) for t in truth]
+    if len(truth) != len(modules.labels):
+        raise ConfigError(f"truth has {len(truth)} module labels for {len(modules.labels)} genes; pass one per gene.")
+    return float(adjusted_rand_score(truth, [str(m) for m in modules.labels]))
+
+
+def truth_gene_sets(genes: Sequence[str], truth: Sequence, *, prefix: str = "TRUE_") -> dict[str, list[str]]:
+    """The true modules of a simulated screen as gene sets (``prefix + module`` → its genes), for enrichment."""
+    sets: dict[str, list[str]] = {}
+    for g, m in zip(genes, truth):
+        sets.setdefault(f"{prefix}{m}", []).append(str(g))
+    return sets
 
 
 def _closeness(E: np.ndarray) -> np.ndarray:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+from ..errors import ConfigError
+
 
 def _offdiag(M: np.ndarray) -> np.ndarray:
     M = np.asarray(M, dtype=float)
@@ -61,3 +63,22 @@ def causal_recovery(estimate: np.ndarray, truth: np.ndarray, *, threshold: float
         "sign_f1": sign_macro_f1(estimate, truth, threshold=threshold),
         "pearson": pear,
     }
+
+
+def edge_precision_recall(estimate: np.ndarray, truth: np.ndarray, *, threshold: float) -> dict:
+    """Precision and recall of the estimated edges ``|estimate| > threshold`` against the true edges
+    ``truth != 0``, off-diagonal entries only (both matrices rows = sources, same gene order).
+
+    Returns
+    -------
+    dict
+        ``precision`` (true edges among the estimated ones; 0 when none is estimated), ``recall`` (true
+        edges found; 0 when the truth has none), ``tp``, ``n_estimated``, ``n_true``.
+    """
+    E, T = np.asarray(estimate, dtype=float), np.asarray(truth, dtype=float)
+    if E.shape != T.shape or E.ndim != 2 or E.shape[0] != E.shape[1]:
+        raise ConfigError(f"estimate and truth must be the same (d, d) shape; got {E.shape} and {T.shape}")
+    est, true = np.abs(_offdiag(E)) > threshold, _offdiag(T) != 0
+    tp = int((est & true).sum())
+    return {"precision": tp / max(int(est.sum()), 1), "recall": tp / max(int(true.sum()), 1), "tp": tp,
+            "n_estimated": int(est.sum()), "n_true": int(true.sum())}

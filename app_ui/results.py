@@ -1,0 +1,109 @@
+"""What the pages show, computed by the engine in background jobs and cached: predicted cells, CLIPR,
+the reference embedding, the fitted baselines, and small derived tables (:func:`memo`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import streamlit as st
+
+from .jobs import jobs, run_job
+from .state import _load_model, load_model, run_key, settings
+
+
+def _prediction_job(run_path, label: str, n_cells: int, seed: int, n_evals: int | None,
+                    anchored: bool = False) -> tuple:
+    """``(job key, job)`` sampling one label's cells: the one definition both the prefetch and the fetch use."""
+    rk = run_key(run_path)
+    model = _load_model(*rk)
+    key = ("predict", rk, label, int(n_cells), int(seed), n_evals, bool(anchored))
+    return key, (lambda: model.predict([label], n_cells=n_cells, seed=seed, n_evals=n_evals, anchored=anchored))
+
+
+def prefetch_predictions(run_path: str | Path, labels, n_cells: int, seed: int, *, n_evals: int | None = None,
+                         after: str | None = None, anchored: bool = False) -> None:
+    """Queue sampling ``labels`` in the background (collected later with :func:`prediction`), one after
+    the other, behind label ``after`` (submitted now if new). On a laptop's few cores, jobs running side by
+    side each take as long as all of them together: queued, the cells the page shows first (``after``)
+    arrive first, and the rest while the page draws them."""
+    prev = jobs().submit(*_prediction_job(run_path, after, n_cells, seed, n_evals, anchored), label="sampling cells") \
+        if after is not None else None
+    for label in labels:
+        if label != after:
+            prev = jobs().submit(*_prediction_job(run_path, label, n_cells, seed, n_evals, anchored), label="sampling cells",
+                                 after=prev)
+
+
+def prediction(run_path: str | Path, labels: tuple[str, ...], n_cells: int, seed: int, *,
+               n_evals: int | None = None, wait: float = 2.0, anchored: bool = False) -> dict[str, np.ndarray] | None:
+    """LCD cells (log1p CP10k) of each label, sampled in the background, one job per label: a label's
+    cells depend only on (seed, label, sampler budget ``n_evals``; ``None``: the run's default), so control
+    and singles are shared by every double that needs them. All jobs are submitted first, then awaited;
+    ``None`` while any is still running."""
+    pending = {}
+    for label in labels:
+        pending[label] = _prediction_job(run_path, label, n_cells, seed, n_evals, anchored)
+        jobs().submit(*pending[label], label="sampling cells")
+    out = {}
+    for label, (key, fn) in pending.items():
+        pred = run_job(key, fn, label="sampling cells", what=f"Sampling cells of {label}", wait=wait)
+        if pred is None:
+            return None
+        out[label] = pred.cells[label]
+        if pred.unseen:
+            out.setdefault("_unseen", {}).update(pred.unseen)
+    return out
+
+
+def clipr(run_path: str | Path, variant: str, lam: float | None = None, *, wait: float = 2.0):
+    """The run's CLIPR result (cached on disk by lcd_core, in memory here)."""
+    from lcd_core.model import get_clipr
+
+    key = ("clipr", run_key(run_path), variant, lam)
+    model = load_model(run_path)
+    return run_job(key, lambda: get_clipr(model, variant=variant, lam=lam if variant == "paper" else None),
+                   label="CLIPR", what=f"Computing CLIPR ({variant})", wait=wait, store="resources")
+
+
+def embedding(run_path: str | Path, screen, *, wait: float = 0.5):
+    """The reference embedding of control + training cells, fitted once per (run, screen)."""
+    from lcd_core.tl import fit_reference_embedding, reference_cells
+
+    method = settings().embedding
+    key = ("embedding", run_key(run_path), screen.data_hash, method)
+    model = load_model(run_path)
+
+    def fit():
+        X, labels = reference_cells(screen, model.conditions)
+        return fit_reference_embedding(X, labels, method=method)
+
+    return run_job(key, fit, label="reference embedding",
+                   what=f"Fitting the reference {method.upper()} of control + training cells (once per run)",
+                   wait=wait, store="resources")
+
+
+@st.cache_resource(show_spinner="Fitting the baselines…", max_entries=4)
+def _training_reference(run: tuple[str, str], data_hash: str, _model, _screen) -> tuple[np.ndarray, dict]:
+    from lcd_core.model import training_reference
+    from lcd_core.tl import fit_baselines
+
+    train_cells, perturbed_mean = training_reference(_model, _screen)
+    return perturbed_mean, fit_baselines(train_cells, _screen.genes)
+
+
+def baselines(run_path: str | Path, screen) -> dict:
+    """Every baseline, fitted on the run's training conditions as the screen measures them."""
+    return _training_reference(run_key(run_path), screen.data_hash, load_model(run_path), screen)[1]
+
+
+def train_perturbed_mean(run_path: str | Path, screen) -> np.ndarray:
+    """``(d,)`` the reference of the Systema Pearson delta (:func:`lcd_core.model.training_reference`)."""
+    return _training_reference(run_key(run_path), screen.data_hash, load_model(run_path), screen)[0]
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def memo(key: tuple, _fn: Callable[[], Any]) -> Any:
+    """Cache a small derived result (tables, scores) under an explicit key; ``_fn`` is not hashed."""
+    return _fn()
