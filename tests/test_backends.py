@@ -104,7 +104,7 @@ def test_detached_training_is_listed_cancelled_and_resumed(screen_path, tmp_path
             assert time.monotonic() - t0 < 120, (job.state, job.log_tail())
             events = job.poll()
             time.sleep(0.2)
-        assert events[0][0] == "stage1" and events[0][2] == 1_000_000
+        assert events[0].stage == "stage1" and events[0].total == 1_000_000
         [found] = list_detached(jobs_dir)  # a fresh read of the job files
         assert isinstance(found, DetachedJob) and (found.name, found.pid, found.request) == ("long", job.pid, request)
         assert found.state == "running" and not found.done()
