@@ -1,14 +1,18 @@
-"""A reference embedding fitted once (control + training cells) into which new cells are projected.
+"""A reference embedding fitted once (control + training cells) into which new cells are placed.
 
 Why a fixed reference: predicted cells of a new perturbation must land in the *same* coordinates as
 the observed cells they are compared with, and refitting UMAP per question would move everything.
-So PCA and UMAP are fitted once on the reference cells, and new cells go through ``pca.transform``
-then ``umap.transform`` (McInnes et al. 2018, arXiv:1802.03426, §"transform").
+So PCA and UMAP are fitted once on the reference cells (:func:`fit_reference_embedding`); a new cell
+goes through the PCA, then is placed at the membership-weighted mean of its nearest reference cells'
+coordinates — the initialisation of umap-learn's ``transform`` (McInnes et al. 2018, arXiv:1802.03426,
+§3.1 "smooth kNN distances" for the weights), without its SGD refinement. Placement therefore needs only
+plain arrays (the PCA basis, the reference cells' PCs and their coordinates): the embedding is saved as
+an ``.npz`` of those (:meth:`ReferenceEmbedding.to_arrays`) and loads in milliseconds, with no pickle and
+no numba import, and a loaded embedding places cells exactly as the freshly fitted one.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -17,49 +21,73 @@ import numpy as np
 from .._constants import KEYS
 from ..errors import ConfigError
 
+#: bump when fitting or placement changes: a saved embedding of another version is refitted
+EMBEDDING_VERSION = 2
+
 
 @dataclass
 class ReferenceEmbedding:
-    """PCA (+ UMAP) fitted on reference cells; :meth:`transform` projects new cells into it.
+    """PCA (+ UMAP) fitted on reference cells; :meth:`transform` places new cells in it.
 
     Attributes
     ----------
     coords
-        ``(n_ref, 2)`` coordinates of the reference cells (UMAP, or the first two PCs for ``method="pca"``).
+        ``(n_ref, 2)`` float32 coordinates of the reference cells (UMAP, or the first two PCs for
+        ``method="pca"``).
     labels
         ``(n_ref,)`` condition label of each reference cell.
     method
         ``"umap"`` or ``"pca"``.
     params
-        Fitting parameters (cells used, PCs, neighbours, seed).
+        Fitting parameters (cells used, PCs, neighbours, seed, ``version``).
     """
 
     coords: np.ndarray
     labels: np.ndarray
     method: str
     params: dict = field(default_factory=dict)
-    _mean: np.ndarray | None = None
-    _components: np.ndarray | None = None
-    _umap: object | None = None
-    # umap's transform mutates internal state lazily (search index); serialise calls across sessions
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _mean: np.ndarray | None = None  # (d,) float32: centre of the reference cells
+    _components: np.ndarray | None = None  # (k, d) float32: principal axes
+    _ref_pcs: np.ndarray | None = None  # (n_ref, k) float16: the reference cells' PCs (kNN placement)
 
     def pcs(self, X: np.ndarray) -> np.ndarray:
-        """``(n, n_pcs)`` principal-component scores of log1p cells."""
-        X = np.asarray(X, dtype=np.float64)
+        """``(n, k)`` float32 principal-component scores of log1p cells ``(n, d)``."""
+        X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self._mean.size:
             raise ConfigError(f"cells must be (n, {self._mean.size}); got {X.shape}")
         return (X - self._mean) @ self._components.T
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        """``(n, 2)`` coordinates of new log1p cells in the reference embedding."""
+        """``(n, 2)`` float64 coordinates of new log1p cells ``(n, d)`` in the reference embedding."""
         if len(X) == 0:
             return np.zeros((0, 2))
         Z = self.pcs(X)
         if self.method == "pca":
-            return Z[:, :2].copy()
-        with self._lock:
-            return np.asarray(self._umap.transform(Z.astype(np.float32)), dtype=np.float64)
+            return Z[:, :2].astype(np.float64)
+        return _knn_place(Z, self._ref_pcs.astype(np.float32), self.coords, int(self.params["n_neighbors"]))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays that :meth:`from_arrays` rebuilds the embedding from (``np.savez``-able, no pickle)."""
+        import json
+
+        # labels as codes into their distinct names: a string per cell would dominate the file
+        names, codes = np.unique(np.asarray(self.labels, dtype=str), return_inverse=True)
+        return {"coords": self.coords, "label_names": names, "label_codes": codes.astype(np.int32),
+                "mean": self._mean, "components": self._components,
+                "ref_pcs": self._ref_pcs if self._ref_pcs is not None else np.zeros((0, 0), np.float16),
+                "meta": np.array(json.dumps({"method": self.method, "params": self.params}))}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> ReferenceEmbedding:
+        """The embedding saved by :meth:`to_arrays` (a dict or an open ``np.load`` file)."""
+        import json
+
+        meta = json.loads(str(arrays["meta"]))
+        ref = arrays["ref_pcs"]
+        labels = np.asarray(arrays["label_names"], dtype=object)[arrays["label_codes"]]
+        return cls(coords=arrays["coords"], labels=labels, method=meta["method"],
+                   params=meta["params"], _mean=arrays["mean"], _components=arrays["components"],
+                   _ref_pcs=ref if ref.size else None)
 
 
 def fit_reference_embedding(
@@ -85,11 +113,12 @@ def fit_reference_embedding(
     method
         ``"umap"`` (umap-learn on the PCs) or ``"pca"`` (first two PCs; instant, no numba compile).
     n_pcs
-        Principal components UMAP works on (fewer when the data have fewer dimensions).
+        Principal components UMAP and the placement of new cells work on (fewer when the data have fewer
+        dimensions).
     max_cells
         Cap on reference cells (UMAP's cost grows with them; the picture does not need more).
     n_neighbors, min_dist
-        UMAP parameters.
+        UMAP parameters; ``n_neighbors`` is also the number of reference cells a new cell is placed among.
     rng
         Seed or Generator for the subsample, PCA and UMAP.
 
@@ -110,30 +139,67 @@ def fit_reference_embedding(
     keep = _stratified(labels, max_cells, rng)
     X, labels = X[keep], labels[keep]
 
-    # PCA by SVD of the centred matrix (deterministic up to sign; fix signs for reproducibility)
+    # PCA by SVD of the centred matrix (deterministic up to sign; fix signs for reproducibility). The basis
+    # is kept in float32, the precision it is saved in, so a loaded embedding computes the same scores.
     mean = X.mean(0)
     k = int(max(2, min(n_pcs, X.shape[1], X.shape[0] - 1)))
     _, _, Vt = np.linalg.svd(X - mean, full_matrices=False)
     comps = Vt[:k]
     comps *= np.sign(comps[np.arange(k), np.abs(comps).argmax(1)])[:, None]
-    Z = (X - mean) @ comps.T
-    params = {"n_cells": int(X.shape[0]), "n_pcs": k, "seed": seed, "max_cells": max_cells}
+    params = {"n_cells": int(X.shape[0]), "n_pcs": k, "seed": seed, "max_cells": max_cells,
+              "version": EMBEDDING_VERSION}
+    emb = ReferenceEmbedding(coords=np.zeros((0, 2), np.float32), labels=labels, method=method, params=params,
+                             _mean=mean.astype(np.float32), _components=comps.astype(np.float32))
+    Z = emb.pcs(X)
     if method == "pca":
-        return ReferenceEmbedding(coords=Z[:, :2].copy(), labels=labels, method="pca", params=params,
-                                  _mean=mean, _components=comps)
-    import umap  # heavy import (numba); only when asked for
+        emb.coords = Z[:, :2].copy()
+        return emb
+    import umap  # heavy import (numba); only when fitting
 
     nn = int(min(n_neighbors, X.shape[0] - 1))
-    # force_approximation_algorithm: below 4096 cells umap otherwise keeps an exact, Python-level
-    # distance loop for transform (seconds per call); the NN-descent index answers in milliseconds
     model = umap.UMAP(n_neighbors=nn, min_dist=min_dist, n_components=2, random_state=seed, n_epochs=200,
-                      low_memory=True, force_approximation_algorithm=True, verbose=False)
-    coords = np.asarray(model.fit_transform(Z.astype(np.float32)), dtype=np.float64)
+                      low_memory=True, n_jobs=1, verbose=False)  # seeded umap runs on one thread anyway
+    emb.coords = np.asarray(model.fit_transform(Z), dtype=np.float32)
+    # float16 halves the saved file; the placement reads these, fresh or loaded alike
+    emb._ref_pcs = Z.astype(np.float16)
     params.update(n_neighbors=nn, min_dist=min_dist)
-    emb = ReferenceEmbedding(coords=coords, labels=labels, method="umap", params=params, _mean=mean,
-                             _components=comps, _umap=model)
-    emb.transform(X[: min(5, len(X))])  # compile umap's search functions now, not at the first question
     return emb
+
+
+def _knn_place(Z: np.ndarray, ref: np.ndarray, coords: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+    """``(n, 2)``: each row of ``Z`` ``(n, p)`` placed at the membership-weighted mean of the ``coords``
+    ``(n_ref, 2)`` of its ``k`` nearest rows of ``ref`` ``(n_ref, p)`` (Euclidean, in PC space)."""
+    k = int(min(k, len(ref)))
+    ref = ref.astype(np.float64)
+    ref_sq = (ref**2).sum(1)
+    out = np.empty((len(Z), 2))
+    for s in range(0, len(Z), chunk):
+        z = Z[s:s + chunk].astype(np.float64)
+        d2 = (z**2).sum(1)[:, None] + ref_sq[None, :] - 2.0 * (z @ ref.T)
+        idx = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        dist = np.sqrt(np.maximum(np.take_along_axis(d2, idx, axis=1), 0.0))
+        w = _memberships(dist)
+        out[s:s + chunk] = np.einsum("nk,nkc->nc", w, coords[idx].astype(np.float64)) / w.sum(1, keepdims=True)
+    return out
+
+
+def _memberships(dist: np.ndarray, n_iter: int = 64) -> np.ndarray:
+    """``(n, k)`` fuzzy memberships ``exp(-d / σ)`` of each row's ``k`` neighbour distances, with ``σ`` per
+    row set by bisection so that they sum to ``log2 k`` (UMAP's smooth kNN distances, McInnes et al. 2018
+    §3.1, with no local-connectivity offset as in its ``transform``)."""
+    target = np.log2(dist.shape[1]) if dist.shape[1] > 1 else 1.0
+    lo = np.zeros(len(dist))
+    hi = np.full(len(dist), np.inf)
+    sigma = np.ones(len(dist))
+    for _ in range(n_iter):  # bisection on σ: the sum of memberships grows with σ
+        total = np.exp(-dist / sigma[:, None]).sum(1)
+        big = total > target
+        hi = np.where(big, sigma, hi)
+        lo = np.where(big, lo, sigma)
+        sigma = np.where(np.isinf(hi), sigma * 2.0, (lo + hi) / 2.0)
+    # a floor against σ → 0 when all neighbours sit at one distance (as UMAP's MIN_K_DIST_SCALE)
+    sigma = np.maximum(sigma, 1e-3 * dist.mean(1) + 1e-12)
+    return np.exp(-dist / sigma[:, None])
 
 
 def _stratified(labels: np.ndarray, max_cells: int, rng: np.random.Generator) -> np.ndarray:
@@ -149,8 +215,15 @@ def _stratified(labels: np.ndarray, max_cells: int, rng: np.random.Generator) ->
 
 def reference_cells(screen, conditions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """log1p cells and labels of ``conditions`` (always including control) of a :class:`Screen`."""
-    conds = [KEYS.CONTROL] + [c for c in conditions if c != KEYS.CONTROL]
-    conds = [c for c in conds if c in set(screen.conditions)]
+    conds = reference_conditions(screen, conditions)
     X = np.concatenate([screen.log1p(c) for c in conds])
     labels = np.repeat(conds, [len(screen.cell_indices(c)) for c in conds])
     return X, labels
+
+
+def reference_conditions(screen, conditions: Sequence[str]) -> list[str]:
+    """The conditions whose cells :func:`reference_cells` takes: control first, then ``conditions`` that
+    ``screen`` has (the identity of a saved embedding's cells, with the screen's data hash)."""
+    conds = [KEYS.CONTROL] + [c for c in conditions if c != KEYS.CONTROL]
+    have = set(screen.conditions)
+    return [c for c in conds if c in have]
