@@ -319,7 +319,7 @@ def test_modules_cut_height_changes_module_count_and_downloads(app_env, capture_
 #: every download button of the pages, by key: what its bytes are and the columns a table starts with
 DOWNLOADS = {"dl_shifts": ("csv", "gene"), "dl_whatif": ("csv", "gene"), "dl_edges": ("csv", "source"),
              "dl_modules": ("tsv", "gene"), "dl_effects": ("csv", "source"), "dl_graphml": ("graphml", None),
-             "dl_bm_per": ("csv", "condition"), "dl_bm_summary": ("csv", "metric")}
+             "dl_bm_per": ("csv", "method"), "dl_bm_summary": ("csv", "metric")}
 
 
 def test_every_download_opens_with_a_plain_reader_and_has_its_provenance(app_env, capture_media):
