@@ -7,7 +7,9 @@ For each shipped run (assets/demo_run, assets/norman_run), on this machine:
 - placement: the held-out conditions' measured cells (never reference cells) placed by our kNN placement and
   by umap-learn's ``transform`` of the same fitted UMAP, as the median distance between the two placements
   and between the two centroids per condition, in % of the embedding's extent; and the share of cells whose
-  nearest reference condition centroid is the same under both.
+  nearest reference condition centroid is the same under both; and, as a quality measure of each, neighbour
+  preservation: the share of a cell's 15 nearest reference cells in PC space that are among its 15 nearest
+  reference cells in the picture (1 = the picture keeps every neighbour).
 
     .venv/bin/python benchmarks/bench_embedding.py
 
@@ -68,6 +70,16 @@ def main() -> None:
         cents = {c: emb.coords[emb.labels == c].mean(0) for c in dict.fromkeys(emb.labels.tolist())}
         names, C = list(cents), np.stack(list(cents.values()))
         cell_d, cent_d, agree, n = [], [], 0, 0
+        keep_ours, keep_theirs = [], []
+        ref_pcs = emb._ref_pcs.astype(np.float64)
+
+        def knn(P, R, k=15):
+            d2 = (P**2).sum(1)[:, None] + (R**2).sum(1)[None] - 2 * P @ R.T
+            return np.argpartition(d2, k, axis=1)[:, :k]
+
+        def preserved(pcs, xy):
+            a, b = knn(pcs.astype(np.float64), ref_pcs), knn(xy, emb.coords.astype(np.float64))
+            return [len(set(x) & set(y)) / a.shape[1] for x, y in zip(a, b)]
         for c in held:
             Zc = emb.pcs(screen.log1p(c))
             ours = emb.transform(screen.log1p(c))
@@ -76,6 +88,8 @@ def main() -> None:
             cent_d.append(np.linalg.norm(ours.mean(0) - theirs.mean(0)))
             nearest = lambda P: np.argmin(((P[:, None, :] - C[None]) ** 2).sum(-1), axis=1)  # noqa: E731
             agree += int((nearest(ours) == nearest(theirs)).sum())
+            keep_ours += preserved(Zc, ours)
+            keep_theirs += preserved(Zc, theirs)
             n += len(ours)
         res[run] = {
             "file": path.name, "file_kB": round(path.stat().st_size / 1e3, 1), "reference_cells": emb.params["n_cells"],
@@ -84,6 +98,8 @@ def main() -> None:
             "median_cell_distance_pct_extent": round(100 * float(np.median(np.concatenate(cell_d))) / extent, 2) if n else None,
             "median_centroid_distance_pct_extent": round(100 * float(np.median(cent_d)) / extent, 2) if n else None,
             "same_nearest_condition_pct": round(100 * agree / n, 1) if n else None,
+            "neighbour_preservation_ours": round(float(np.mean(keep_ours)), 3) if n else None,
+            "neighbour_preservation_umap_transform": round(float(np.mean(keep_theirs)), 3) if n else None,
         }
     out = HERE / "results" / "embedding.json"
     out.parent.mkdir(exist_ok=True)

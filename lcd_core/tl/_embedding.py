@@ -3,9 +3,9 @@
 Why a fixed reference: predicted cells of a new perturbation must land in the *same* coordinates as
 the observed cells they are compared with, and refitting UMAP per question would move everything.
 So PCA and UMAP are fitted once on the reference cells (:func:`fit_reference_embedding`); a new cell
-goes through the PCA, then is placed at the membership-weighted mean of its nearest reference cells'
-coordinates — the initialisation of umap-learn's ``transform`` (McInnes et al. 2018, arXiv:1802.03426,
-§3.1 "smooth kNN distances" for the weights), without its SGD refinement. Placement therefore needs only
+goes through the PCA, starts at the membership-weighted mean of its nearest reference cells' coordinates
+and is moved by UMAP's layout gradient against the fixed reference — what umap-learn's ``transform`` does
+(McInnes et al. 2018, arXiv:1802.03426, §3.1–3.2), written here on arrays. Placement therefore needs only
 plain arrays (the PCA basis, the reference cells' PCs and their coordinates): the embedding is saved as
 an ``.npz`` of those (:meth:`ReferenceEmbedding.to_arrays`) and loads in milliseconds, with no pickle and
 no numba import, and a loaded embedding places cells exactly as the freshly fitted one.
@@ -13,6 +13,7 @@ no numba import, and a loaded embedding places cells exactly as the freshly fitt
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -64,7 +65,13 @@ class ReferenceEmbedding:
         Z = self.pcs(X)
         if self.method == "pca":
             return Z[:, :2].astype(np.float64)
-        return _knn_place(Z, self._ref_pcs.astype(np.float32), self.coords, int(self.params["n_neighbors"]))
+        idx, w = _knn(Z, self._ref_pcs.astype(np.float32), int(self.params["n_neighbors"]))
+        ref = self.coords.astype(np.float64)
+        # initial place: the membership-weighted mean of the neighbours' coordinates; then UMAP's layout
+        # step for the new points alone (the reference stays fixed), which spreads them as umap-learn's
+        # transform does instead of leaving them at their neighbours' centroids
+        y0 = np.einsum("nk,nkc->nc", w, ref[idx]) / w.sum(1, keepdims=True)
+        return _refine(y0, idx, w, ref, *_curve(float(self.params["min_dist"])), seed=int(self.params["seed"]))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays that :meth:`from_arrays` rebuilds the embedding from (``np.savez``-able, no pickle)."""
@@ -166,21 +173,62 @@ def fit_reference_embedding(
     return emb
 
 
-def _knn_place(Z: np.ndarray, ref: np.ndarray, coords: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
-    """``(n, 2)``: each row of ``Z`` ``(n, p)`` placed at the membership-weighted mean of the ``coords``
-    ``(n_ref, 2)`` of its ``k`` nearest rows of ``ref`` ``(n_ref, p)`` (Euclidean, in PC space)."""
+def _knn(Z: np.ndarray, ref: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """``(idx, w)``, both ``(n, k)``: each row of ``Z`` ``(n, p)``'s ``k`` nearest rows of ``ref``
+    ``(n_ref, p)`` (Euclidean, in PC space) and their fuzzy memberships (:func:`_memberships`)."""
     k = int(min(k, len(ref)))
     ref = ref.astype(np.float64)
     ref_sq = (ref**2).sum(1)
-    out = np.empty((len(Z), 2))
+    idx = np.empty((len(Z), k), dtype=np.int64)
+    w = np.empty((len(Z), k))
     for s in range(0, len(Z), chunk):
         z = Z[s:s + chunk].astype(np.float64)
         d2 = (z**2).sum(1)[:, None] + ref_sq[None, :] - 2.0 * (z @ ref.T)
-        idx = np.argpartition(d2, k - 1, axis=1)[:, :k]
-        dist = np.sqrt(np.maximum(np.take_along_axis(d2, idx, axis=1), 0.0))
-        w = _memberships(dist)
-        out[s:s + chunk] = np.einsum("nk,nkc->nc", w, coords[idx].astype(np.float64)) / w.sum(1, keepdims=True)
-    return out
+        ix = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        idx[s:s + chunk] = ix
+        w[s:s + chunk] = _memberships(np.sqrt(np.maximum(np.take_along_axis(d2, ix, axis=1), 0.0)))
+    return idx, w
+
+
+@functools.lru_cache(maxsize=8)
+def _curve(min_dist: float, spread: float = 1.0) -> tuple[float, float]:
+    """UMAP's low-dimensional similarity ``1 / (1 + a d^(2b))`` fitted to ``min_dist`` (McInnes et al. 2018,
+    §3.2 / Definition 11): ``(a, b)``."""
+    from scipy.optimize import curve_fit
+
+    x = np.linspace(0.0, 3.0 * spread, 300)
+    y = np.where(x < min_dist, 1.0, np.exp(-(x - min_dist) / spread))
+    (a, b), _ = curve_fit(lambda x, a, b: 1.0 / (1.0 + a * x ** (2.0 * b)), x, y, p0=(1.0, 1.0))
+    return float(a), float(b)
+
+
+def _refine(y: np.ndarray, idx: np.ndarray, w: np.ndarray, ref: np.ndarray, a: float, b: float, *,
+            n_epochs: int = 30, n_negative: int = 2, seed: int = 0) -> np.ndarray:
+    """``(n, 2)``: new points ``y`` moved by UMAP's cross-entropy gradient (McInnes et al. 2018, §3.2)
+    against the fixed reference ``ref`` ``(n_ref, 2)``: attraction to their neighbours ``idx`` ``(n, k)``
+    weighted by the memberships ``w``, repulsion from ``n_negative`` random reference points per neighbour;
+    the step decays linearly over ``n_epochs``. umap-learn's transform takes 66 epochs and 5 negatives; 30 and
+    2 keep as many of a cell's PC-space neighbours beside it in the picture as umap-learn does, in half the
+    time (docs/benchmarks.md, "The reference embedding")."""
+    rng = np.random.default_rng(seed)
+    n, k = idx.shape
+    wn = w / w.max(1, keepdims=True)
+    wneg = np.repeat(wn, n_negative, axis=1)[..., None]
+    y = y.copy()
+    for epoch in range(n_epochs):
+        alpha = 1.0 - epoch / n_epochs
+        diff = y[:, None, :] - ref[idx]  # attraction: d/dy of -log(1 / (1 + a d^2b))
+        d2 = (diff**2).sum(-1)
+        coef = np.where(d2 > 0, -2.0 * a * b * np.power(d2, b - 1.0, where=d2 > 0, out=np.ones_like(d2))
+                        / (1.0 + a * np.power(d2, b)), 0.0)
+        step = (np.clip(coef[..., None] * diff, -4.0, 4.0) * wn[..., None]).sum(1)
+        neg = ref[rng.integers(0, len(ref), size=(n, k * n_negative))]  # repulsion: d/dy of -log(1 - ...)
+        diff = y[:, None, :] - neg
+        d2 = (diff**2).sum(-1)
+        coef = 2.0 * b / ((1e-3 + d2) * (1.0 + a * np.power(d2, b)))
+        step += (np.clip(coef[..., None] * diff, -4.0, 4.0) * wneg).sum(1)
+        y += alpha * step / k
+    return y
 
 
 def _memberships(dist: np.ndarray, n_iter: int = 64) -> np.ndarray:
