@@ -169,9 +169,10 @@ def lcd_mode(screen, run, model) -> None:
     for name, bc in base.items():
         table[f"{name}_shift"] = (bc.mean(0) - cmean)[[idx[g] for g in table["gene"]]]
     st.dataframe(table.head(50), hide_index=True, key="shift_table")
-    st.download_button("Download the full table (CSV)", widgets.csv_bytes(table, widgets.provenance(
-        screen, run, perturbation=label, n_cells=n_cells, sampler_seed=seed)), file_name=f"shifts_{label}.csv",
-        mime="text/csv", key="dl_shifts")
+    st.download_button("Download the full table (CSV)", widgets.csv_bytes(table), file_name=f"shifts_{label}.csv",
+                       mime="text/csv", key="dl_shifts")
+    widgets.provenance_button(widgets.provenance(screen, run, perturbation=label, n_cells=n_cells, sampler_seed=seed),
+                         f"shifts_{label}.csv", key="dl_shifts_prov")
 
     if has_obs:
         st.subheader("Against the observed cells")
@@ -222,9 +223,10 @@ def whatif_mode(screen, run, model) -> None:
     table = gene_shift_table(cells, control, model.genes)
     table.insert(1, "latent_shift_sd", (shift / np.asarray(model.sd))[[model.genes.index(g) for g in table["gene"]]])
     st.dataframe(table.head(50), hide_index=True, key="whatif_table")
-    st.download_button("Download (CSV)", widgets.csv_bytes(table, widgets.provenance(
-        screen, run, whatif=genes, direction=direction, strength=strength, variant=variant)),
-        file_name="whatif.csv", mime="text/csv", key="dl_whatif")
+    st.download_button("Download (CSV)", widgets.csv_bytes(table), file_name="whatif.csv", mime="text/csv",
+                       key="dl_whatif")
+    widgets.provenance_button(widgets.provenance(screen, run, whatif=genes, direction=direction, strength=strength,
+                                            variant=variant), "whatif.csv", key="dl_whatif_prov")
 
 
 def main() -> None:
