@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._progress import Progress
 from ..tl._embedding import EMBEDDING_VERSION, ReferenceEmbedding, fit_reference_embedding, reference_cells, \
     reference_conditions
 from ._run import RunDir, atomic_write_bytes
@@ -99,7 +100,7 @@ def write_run_embedding(model, screen, run: RunDir, method: str, report=None) ->
 
     t0 = time.monotonic()
     if report is not None:
-        report("embedding", 0, 1, {})
+        report(Progress("embedding", 0, 1, {}))
     try:
         emb = get_embedding(model, screen, method=method)
     except Exception as e:  # noqa: BLE001 -- hours of training must not be lost to a picture
@@ -108,4 +109,4 @@ def write_run_embedding(model, screen, run: RunDir, method: str, report=None) ->
     run.log({"event": "embedding", "method": method, "n_cells": emb.params["n_cells"],
              "seconds": round(time.monotonic() - t0, 2)})
     if report is not None:
-        report("embedding", 1, 1, {})
+        report(Progress("embedding", 1, 1, {}))
