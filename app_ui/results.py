@@ -68,20 +68,16 @@ def clipr(run_path: str | Path, variant: str, lam: float | None = None, *, wait:
 
 
 def embedding(run_path: str | Path, screen, *, wait: float = 0.5):
-    """The reference embedding of control + training cells, fitted once per (run, screen)."""
-    from lcd_core.tl import fit_reference_embedding, reference_cells
+    """The reference embedding of control + training cells: loaded from the run directory (saved by
+    training), or fitted once and saved there."""
+    from lcd_core.model import get_embedding
 
     method = settings().embedding
     key = ("embedding", run_key(run_path), screen.data_hash, method)
     model = load_model(run_path)
-
-    def fit():
-        X, labels = reference_cells(screen, model.conditions)
-        return fit_reference_embedding(X, labels, method=method)
-
-    return run_job(key, fit, label="reference embedding",
-                   what=f"Fitting the reference {method.upper()} of control + training cells (once per run)",
-                   wait=wait, store="resources")
+    return run_job(key, lambda: get_embedding(model, screen, method=method), label="reference embedding",
+                   what=f"Fitting the reference {method.upper()} of control + training cells (once per run; "
+                        "saved in the run directory)", wait=wait, store="resources")
 
 
 @st.cache_resource(show_spinner="Fitting the baselines…", max_entries=4)

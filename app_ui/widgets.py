@@ -105,7 +105,18 @@ def provenance(screen, run_path: str | Path | None, **extra) -> dict:
     return prov
 
 
-def csv_bytes(df: pd.DataFrame, prov: dict, *, sep: str = ",") -> bytes:
-    """A table as CSV/TSV whose first line is ``# lcd_core provenance: {json}`` (as lcd_core writes them)."""
-    header = "# lcd_core provenance: " + json.dumps(prov, sort_keys=True, default=str) + "\n"
-    return (header + df.to_csv(index=False, sep=sep)).encode()
+def csv_bytes(df: pd.DataFrame, *, sep: str = ",") -> bytes:
+    """A table as plain CSV/TSV, header first (as lcd_core writes them): Excel, R and pandas open it as it is."""
+    return df.to_csv(index=False, sep=sep).encode()
+
+
+def provenance_button(prov: dict, file_name: str, *, key: str, where=None) -> None:
+    """A download of the provenance of the tables beside it, named as the CLI's sidecar of ``file_name``
+    (``effects.csv`` → ``effects.provenance.json``): a second, optional file rather than a zip, so the
+    table itself still opens with a double click."""
+    from lcd_core.tl import provenance_json, provenance_path
+
+    text = provenance_json(json.loads(json.dumps(prov, default=str)))
+    (where or st).download_button("Provenance (JSON)", text.encode(), provenance_path(file_name).name,
+                                  "application/json", key=key,
+                                  help="Data set hash, run, seed, package version and the settings behind the tables")

@@ -3,11 +3,12 @@
 Measures, on this machine:
 - time to first render of Home on a cold start (process start → "Model ready" visible);
 - time to render each page warm (second visit, its content visible, no background job pending);
-- the first Perturb visit (includes fitting the reference UMAP once per server);
+- the first Perturb visit on a cold server (loads the run's saved reference UMAP; before issue 14 it was
+  fitted here, once per server);
 - latency from choosing a new double on Perturb to the updated UMAP (target ≤ 2 s);
 - memory (RSS now and peak) of the server process.
 
-    .venv/bin/python benchmarks/bench_app.py [--doubles 5] [--chromium /usr/bin/chromium]
+    .venv/bin/python benchmarks/bench_app.py [--doubles 5] [--chromium /usr/bin/chromium] [--cold-perturb-only]
 
 Uses the shipped demo run (assets/demo_run) or, when LCD_APP_DEMO_RUN is set, that run.
 Writes ``benchmarks/results/app.json`` and prints a table. Not part of the tests.
@@ -66,6 +67,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--doubles", type=int, default=5, help="doubles to time on Perturb")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--cold-perturb-only", action="store_true",
+                    help="only Home cold and the first Perturb visit (writes results/app_cold_perturb.json)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -109,9 +112,15 @@ def main() -> None:
                 return round(time.monotonic() - t0, 2)
 
             first = {}
-            for path, title, marker in PAGES:  # first visits: pay UMAP, CLIPR, evaluation once
+            for path, title, marker in PAGES:  # first visits: pay CLIPR, evaluation once
                 first[title] = visit(path, title, marker)
+                if args.cold_perturb_only:
+                    break
             res["first_visit_s"] = first
+            if args.cold_perturb_only:
+                res["server_memory"] = rss_mb(proc.pid)
+                ctx.close()
+                return _finish(res, HERE / "results" / "app_cold_perturb.json")
             t0 = time.monotonic()
             page.locator('[data-testid="stSidebar"] a').filter(has_text="Home").first.click()
             page.get_by_text("Model ready").wait_for()
@@ -148,20 +157,24 @@ def main() -> None:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
-    out = HERE / "results" / "app.json"
+    _finish(res, HERE / "results" / "app.json")
+
+
+def _finish(res: dict, out: Path) -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     print(f"{'measure':<42}{'seconds / MB':>14}")
     print(f"{'Home, cold start (process → rendered)':<42}{res['home_cold_s']:>14}")
     for k, v in res["first_visit_s"].items():
         print(f"{'first visit: ' + k:<42}{v:>14}")
-    for k, v in res["warm_page_s"].items():
+    for k, v in res.get("warm_page_s", {}).items():
         print(f"{'warm: ' + k:<42}{v:>14}")
-    d = res["double_to_umap_s"]
-    print(f"{'new double → updated UMAP (median)':<42}{d['median']:>14}")
-    print(f"{'new double → updated UMAP (max)':<42}{d['max']:>14}")
-    f = res["double_to_full_page_s"]
-    print(f"{'new double → whole page settled (median)':<42}{f['median']:>14}")
+    if "double_to_umap_s" in res:
+        d = res["double_to_umap_s"]
+        print(f"{'new double → updated UMAP (median)':<42}{d['median']:>14}")
+        print(f"{'new double → updated UMAP (max)':<42}{d['max']:>14}")
+        f = res["double_to_full_page_s"]
+        print(f"{'new double → whole page settled (median)':<42}{f['median']:>14}")
     print(f"{'server RSS now / peak (MB)':<42}{res['server_memory']['rss_mb']:>7} / {res['server_memory']['peak_rss_mb']}")
     print(f"wrote {out}")
 

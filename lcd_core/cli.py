@@ -244,6 +244,27 @@ def cmd_fit(args: argparse.Namespace) -> None:
     _print_fit(args.run)
 
 
+def cmd_embed(args: argparse.Namespace) -> None:
+    import time
+
+    from .data import read_screen
+    from .model import LCD, RunDir, embedding_path, get_embedding
+
+    cfg = RunDir(args.run).require_complete()
+    data = args.data or cfg.get("data_path")
+    if not data:
+        raise ConfigError(f"{args.run} does not record its screen; pass --data SCREEN")
+    screen = read_screen(data, **_follow_run(_screen_kwargs(args), args.run))
+    model = LCD.load(args.run, device="cpu")
+    path = embedding_path(model, screen, method=args.method)
+    had = path.is_file()
+    t0 = time.monotonic()
+    emb = get_embedding(model, screen, method=args.method)
+    how = "already saved" if had else f"fitted in {time.monotonic() - t0:.1f} s"
+    where = f"{path} ({path.stat().st_size / 1e3:.0f} kB)" if path.is_file() else "nowhere (run directory not writable)"
+    print(f"reference {args.method.upper()} of {emb.params['n_cells']:,} control + training cells: {how}; saved in {where}")
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from .model import RunDir
 
@@ -298,7 +319,7 @@ def clipr_options_of(args: argparse.Namespace) -> CliprOptions:
 def cmd_clipr(args: argparse.Namespace) -> None:
     from .clipr import get_clipr
     from .model import LCD
-    from .tl import write_effects_csv
+    from .tl import provenance_path, write_effects_csv
 
     options = clipr_options_of(args)
     extra = {}
@@ -321,13 +342,14 @@ def cmd_clipr(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_effects_csv(out, result.effects, model.genes, provenance=_provenance(model, **options.to_dict()))
-    print(f"wrote {out}: {len(model.genes)}x{len(model.genes)} effects (rows = sources), variant={options.variant}")
+    print(f"wrote {out}: {len(model.genes)}x{len(model.genes)} effects (rows = sources), variant={options.variant}; "
+          f"provenance in {provenance_path(out).name}")
 
 
 def cmd_modules(args: argparse.Namespace) -> None:
     from .clipr import get_clipr
     from .model import LCD
-    from .tl import enrich_modules, find_modules, read_gmt, write_modules_tsv
+    from .tl import enrich_modules, find_modules, provenance_path, read_gmt, write_modules_tsv
 
     model = LCD.load(args.run, device="auto")
     result = get_clipr(model, clipr_options_of(args))
@@ -345,7 +367,8 @@ def cmd_modules(args: argparse.Namespace) -> None:
                       provenance=_provenance(model, variant=args.variant, gmt=args.gmt))
     n = len(set(modules.labels) - {"unassigned"})
     how = f"cut {cut}" if method == "hierarchical" else f"resolution {args.resolution}"
-    print(f"wrote {out}: {n} modules over {len(model.genes)} genes ({method}, {how}, variant={args.variant})")
+    print(f"wrote {out}: {n} modules over {len(model.genes)} genes ({method}, {how}, variant={args.variant}); "
+          f"provenance in {provenance_path(out).name}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -452,6 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_screen_keys(p)
     p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("embed", help="fit and save a run's reference embedding (the app's UMAP; 'lcd train' "
+                                     "does it at the end)")
+    p.add_argument("run", help="run directory written by 'lcd train'")
+    p.add_argument("--data", help="the screen the run was trained on (default: the path its config records)")
+    p.add_argument("--method", choices=["umap", "pca"], default="umap")
+    _add_screen_keys(p)
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("predict", help="generate cells for perturbations (unseen combinations included)")
     p.add_argument("run", help="run directory written by 'lcd train'")

@@ -238,14 +238,15 @@ def lcd_mode(screen, run, model) -> None:
         table[f"{name}_shift"] = (bc.mean(0) - cmean)[[idx[g] for g in table["gene"]]]
     st.dataframe(table.head(50), hide_index=True, key="shift_table")
     d1, d2 = st.columns(2)
-    prov = widgets.provenance(screen, run, perturbation=label, n_cells=n_cells, sampler_seed=seed)
-    d1.download_button("Download the full table (CSV)", widgets.csv_bytes(table, prov), file_name=f"shifts_{label}.csv",
+    d1.download_button("Download the full table (CSV)", widgets.csv_bytes(table), file_name=f"shifts_{label}.csv",
                        mime="text/csv", key="dl_shifts")
+    widgets.provenance_button(widgets.provenance(screen, run, perturbation=label, n_cells=n_cells, sampler_seed=seed),
+                              f"shifts_{label}.csv", key="dl_shifts_prov", where=d1)
     gen_ctrl = pred.get(KEYS.CONTROL)
     if gen_ctrl is None:
         got = results.prediction(run, (KEYS.CONTROL,), n_cells, seed, n_evals=n_evals, anchored=anchored, wait=0.5)
         gen_ctrl = None if got is None else got[KEYS.CONTROL]
-    if gen_ctrl is not None:
+    if gen_ctrl is not None:  # the file records its run and seed in uns["lcd_prediction"]
         data = results.memo(("h5ad", rk), lambda: h5ad_bytes(prediction_anndata(model, {label: cells}, control=gen_ctrl,
                                                                                  seed=seed)))
         d2.download_button("Download the predicted cells (.h5ad)", data, file_name=f"predicted_{label}.h5ad",
@@ -435,9 +436,10 @@ def whatif_mode(screen, run, model) -> None:
     table = gene_shift_table(cells, control, model.genes)
     table.insert(1, "latent_shift_sd", (shift / np.asarray(model.sd))[[model.genes.index(g) for g in table["gene"]]])
     st.dataframe(table.head(50), hide_index=True, key="whatif_table")
-    st.download_button("Download (CSV)", widgets.csv_bytes(table, widgets.provenance(
-        screen, run, whatif=genes, direction=direction, strength=strength, variant=variant)),
-        file_name="whatif.csv", mime="text/csv", key="dl_whatif")
+    st.download_button("Download (CSV)", widgets.csv_bytes(table), file_name="whatif.csv", mime="text/csv",
+                       key="dl_whatif")
+    widgets.provenance_button(widgets.provenance(screen, run, whatif=genes, direction=direction, strength=strength,
+                                            variant=variant), "whatif.csv", key="dl_whatif_prov")
 
 
 def main() -> None:

@@ -92,8 +92,9 @@ def main() -> None:
     table = edges[(edges["source"] == gene) | (edges["target"] == gene)] if only_gene else edges
     st.dataframe(table.head(500), hide_index=True, key="edge_table")
     prov = widgets.provenance(screen, run, variant=variant, lam=lam, threshold=threshold)
-    st.download_button(f"Download {len(table)} edges (CSV)", widgets.csv_bytes(table, prov),
+    st.download_button(f"Download {len(table)} edges (CSV)", widgets.csv_bytes(table),
                        file_name=f"effects_{variant}.csv", mime="text/csv", key="dl_edges")
+    widgets.provenance_button(prov, f"effects_{variant}.csv", key="dl_edges_prov")
 
 
 try:

@@ -130,15 +130,19 @@ def main() -> None:
         write_effects_csv(tmp / "effects.csv", res.effects, genes, provenance=prov)
         thr = float(np.quantile(np.abs(res.effects[~np.eye(len(genes), dtype=bool)]), 0.9))
         write_graphml(tmp / "effects.graphml", res.effects, genes, threshold=thr, provenance=prov, modules=mods)
-        files = {n: (tmp / n).read_bytes() for n in ("modules.tsv", "effects.csv", "effects.graphml")}
-    d = st.columns(3)
+        files = {n: (tmp / n).read_bytes() for n in ("modules.tsv", "effects.csv", "effects.graphml",
+                                                     "modules.provenance.json")}
+    d = st.columns(4)
     d[0].download_button("Modules (TSV)", files["modules.tsv"], "modules.tsv", "text/tab-separated-values",
                          key="dl_modules")
     d[1].download_button("Effects (CSV, long)", files["effects.csv"], "effects.csv", "text/csv", key="dl_effects")
     d[2].download_button("Graph (GraphML, top 10 % edges)", files["effects.graphml"], "effects.graphml",
                          "application/xml", key="dl_graphml")
-    st.caption("Each file starts with (or, in GraphML, carries as graph attributes) its provenance: data set hash, "
-               "run, CLIPR variant and λ, seed, cut height and package version.")
+    d[3].download_button("Provenance (JSON)", files["modules.provenance.json"], "modules.provenance.json",
+                         "application/json", key="dl_modules_prov")
+    st.caption("Tables are plain (header first). Their provenance — data set hash, run, CLIPR variant and λ, seed, "
+               "clustering settings and package version — is the JSON file (the CLI writes it beside each table); "
+               "GraphML carries it as graph attributes.")
 
 
 try:

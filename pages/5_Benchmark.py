@@ -74,11 +74,12 @@ def main() -> None:
     st.subheader("Per condition")
     st.dataframe(per, hide_index=True, key="bm_per_condition")
     prov = widgets.provenance(screen, run, n_cells=int(n_cells), heldout=held)
-    c1, c2 = st.columns(2)
-    c1.download_button("Per-condition table (CSV)", widgets.csv_bytes(per, prov), "benchmark_per_condition.csv",
+    c1, c2, c3 = st.columns(3)
+    c1.download_button("Per-condition table (CSV)", widgets.csv_bytes(per), "benchmark_per_condition.csv",
                        "text/csv", key="dl_bm_per")
-    c2.download_button("Summary (CSV)", widgets.csv_bytes(summ, prov), "benchmark_summary.csv", "text/csv",
+    c2.download_button("Summary (CSV)", widgets.csv_bytes(summ), "benchmark_summary.csv", "text/csv",
                        key="dl_bm_summary")
+    widgets.provenance_button(prov, "benchmark.csv", key="dl_bm_prov", where=c3)
 
 
 try:

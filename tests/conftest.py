@@ -56,6 +56,7 @@ def tiny_config(seed: int = 0):
     cfg.n_latent_samples = 200
     cfg.min_cells = 10
     cfg.checkpoint_seconds = 1.0
+    cfg.embedding = "pca"  # the saved-embedding path without umap's numba compile
     return cfg
 
 

@@ -8,6 +8,7 @@ mode here (no numba compile); the UMAP path is covered by tests/test_browser.py 
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from pathlib import Path
@@ -277,10 +278,11 @@ def test_causal_graph_threshold_changes_edges_and_download(app_env, capture_medi
     assert "sign AUROC" in [m.label for m in at.metric]  # truth overlay on a simulated screen
     at.run()  # media of the last run is what the buttons point to
     data = download(at, "dl_edges", capture_media)
-    table = pd.read_csv(io.BytesIO(data), comment="#")
+    table = pd.read_csv(io.BytesIO(data))  # a plain table: header first, no comment line
     assert list(table.columns[:3]) == ["source", "target", "effect"]
     assert len(table) == n2
-    assert data.startswith(b"# lcd_core provenance:")
+    prov = json.loads(download(at, "dl_edges_prov", capture_media))  # its provenance: the second download
+    assert prov["variant"] == "directed" and prov["data_hash"] and prov["threshold"] == pytest.approx(slider.value)
     # the directed variant is another estimate
     at.radio(key="cg_variant").set_value("directed").run()
     settle(at, 120)
@@ -307,12 +309,59 @@ def test_modules_cut_height_changes_module_count_and_downloads(app_env, capture_
         at.slider(key="mod_cut").set_value(cut).run()
         counts.add(int(metric(at, "modules")))
     assert len(counts) > 1, counts
-    tsv = pd.read_csv(io.BytesIO(download(at, "dl_modules", capture_media)), sep="\t", comment="#")
+    tsv = pd.read_table(io.BytesIO(download(at, "dl_modules", capture_media)))
     assert list(tsv.columns) == ["gene", "module", "is_hub", "top_terms"]
     import networkx as nx
 
     g = nx.read_graphml(io.BytesIO(download(at, "dl_graphml", capture_media)))
     assert g.number_of_nodes() == 20 and "data_hash" in g.graph
+
+
+#: every download button of the pages, by key: what its bytes are and the columns a table starts with
+DOWNLOADS = {"dl_shifts": ("csv", "gene"), "dl_whatif": ("csv", "gene"), "dl_edges": ("csv", "source"),
+             "dl_modules": ("tsv", "gene"), "dl_effects": ("csv", "source"), "dl_graphml": ("graphml", None),
+             "dl_bm_per": ("csv", "method"), "dl_bm_summary": ("csv", "metric"), "dl_h5ad": ("h5ad", None)}
+
+
+def test_every_download_opens_with_a_plain_reader_and_has_its_provenance(app_env, capture_media):
+    """Issue 14.9: tables are header-first (pandas.read_csv / read_table with no options, as R's read.csv
+    and Excel), and each group of tables has its provenance as a JSON download beside it."""
+    import networkx as nx
+
+    def pages():
+        at = open_page(PAGES[0])
+        yield at
+        at.radio(key="pert_mode").set_value("Linear what-if (CLIPR)").run()
+        yield settle(at, 120)
+        yield settle(open_page(PAGES[1]), 120)
+        yield settle(open_page(PAGES[2]), 120)
+        yield settle(open_page(PAGES[4]), 120)
+
+    seen = set()
+    for at in pages():
+        assert_clean(at)
+        for el in at.get("download_button"):
+            key = el.proto.id.rsplit("-", 1)[1]
+            data = download(at, key, capture_media)
+            seen.add(key)
+            if key.endswith("_prov"):
+                prov = json.loads(data)
+                assert prov["data_hash"] and prov["version"] and prov["run"], (key, prov)
+                continue
+            assert key in DOWNLOADS, f"a new download {key!r}: add it to DOWNLOADS with its format"
+            kind, first = DOWNLOADS[key]
+            if kind == "graphml":
+                assert "data_hash" in nx.read_graphml(io.BytesIO(data)).graph
+                continue
+            if kind == "h5ad":  # predicted cells: their provenance (run, seed) is inside the file
+                import anndata as ad
+
+                assert ad.read_h5ad(io.BytesIO(data)).uns["lcd_prediction"]["run"], key
+                continue
+            table = (pd.read_csv if kind == "csv" else pd.read_table)(io.BytesIO(data))
+            assert table.columns[0] == first and len(table) > 0, (key, list(table.columns))
+    assert seen >= set(DOWNLOADS), set(DOWNLOADS) - seen
+    assert {"dl_shifts_prov", "dl_whatif_prov", "dl_edges_prov", "dl_modules_prov", "dl_bm_prov"} <= seen
 
 
 def test_benchmark_table(app_env):
@@ -338,7 +387,7 @@ def test_train_page_starts_follows_and_lists_run(app_env):
     assert_clean(at)
     at.text_input(key="tr_name").input("tiny").run()
     overrides = ("stage1.steps=20\nstage1.n_samples=64\nstage2.steps=40\nstage2.hidden=32\nstage2.emb_dim=8\n"
-                 "stage2.batch_size=128\nn_latent_samples=100\nmin_cells=10\ncheckpoint_seconds=1.0")
+                 "stage2.batch_size=128\nn_latent_samples=100\nmin_cells=10\ncheckpoint_seconds=1.0\nembedding=pca")
     at.text_area(key="tr_overrides").input(overrides).run()
     at.button(key="tr_start").click().run()
     assert_clean(at)
@@ -363,7 +412,7 @@ def test_train_cancel_stops_the_process_and_a_resume_finishes_the_run(app_env):
     from lcd_core.model import RunDir
 
     tiny = ["stage1.steps=20", "stage1.n_samples=64", "stage2.steps=1500", "stage2.hidden=32", "stage2.emb_dim=8",
-            "stage2.batch_size=128", "n_latent_samples=100", "min_cells=10", "checkpoint_seconds=0.5"]
+            "stage2.batch_size=128", "n_latent_samples=100", "min_cells=10", "checkpoint_seconds=0.5", "embedding=pca"]
     job = training.start_training(app_env["screen"], "to-cancel", overrides=tiny)
     out, pid = job.out, job.pid
     def in_stage2() -> bool:

@@ -18,7 +18,7 @@ LCD = [sys.executable, "-m", "lcd_core.cli"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
 TINY = ["--set", "stage1.steps=30", "--set", "stage1.n_samples=64", "--set", "stage2.hidden=32",
         "--set", "stage2.emb_dim=8", "--set", "stage2.batch_size=128", "--set", "stage2.steps=60",
-        "--set", "n_latent_samples=200", "--set", "min_cells=10", "--quiet"]
+        "--set", "n_latent_samples=200", "--set", "min_cells=10", "--set", "embedding=pca", "--quiet"]
 
 
 def run(*args, check=True, timeout=300):
@@ -153,6 +153,27 @@ def test_fit_recomputes_fit_json_and_evaluate_writes_calibrated_scores(tiny_h5ad
     own = [r for r in cal if r["method"] == "additive" and r["baseline"] == "additive" and r["metric"] == "rmse"]
     assert own and own[0]["score"] == 0.0
     assert "Replicate-calibrated" in (tmp_path / "report" / "summary.md").read_text()
+    import pandas as pd
+
+    tables = sorted((tmp_path / "report").glob("*.csv"))
+    assert {"per_condition.csv", "summary.csv"} <= {t.name for t in tables}
+    for t in tables:  # every table of the report opens with no reader options (issue 14.9)
+        assert not pd.read_csv(t).columns[0].startswith("#"), t.name
+    assert json.loads((tmp_path / "report" / "provenance.json").read_text())["run"]
+
+
+def test_embed_saves_the_reference_embedding_once(tiny_h5ad, tmp_path):
+    """`lcd embed RUN`: the run's screen from its config, the embedding saved in cache/, a second call
+    reads it; a run without a recorded screen needs --data."""
+    out = tmp_path / "run"
+    run("train", tiny_h5ad, "--out", out, *TINY, "--set", "embedding=none")
+    assert not list(out.glob("cache/embedding-*"))
+    first = run("embed", out, "--method", "pca")
+    saved = list((out / "cache").glob("embedding-pca-*.npz"))
+    assert len(saved) == 1 and "fitted in" in first.stdout and saved[0].name in first.stdout
+    assert "already saved" in run("embed", out, "--method", "pca", "--data", tiny_h5ad).stdout
+    bad = run("train", tiny_h5ad, "--out", tmp_path / "r2", *TINY, "--set", "embedding=tsne", check=False)
+    assert_one_line_error(bad, "embedding must be one of")
 
 
 def test_inspect_demo_matches_the_file():
@@ -185,17 +206,18 @@ def test_clipr_and_modules_on_the_shipped_demo_run(tmp_path):
     shutil.copytree(root / "assets" / "demo_run", tmp_path / "run")
     truth = read_screen(demo_screen_path()).truth
     run("clipr", tmp_path / "run", "--out", tmp_path / "effects.csv")
-    eff = pd.read_csv(tmp_path / "effects.csv", comment="#")
+    eff = pd.read_csv(tmp_path / "effects.csv")  # plain: no reader options (issue 14.9)
     assert list(eff.columns) == ["source", "target", "effect"] and len(eff) > 0
-    assert '"variant": "directed"' in (tmp_path / "effects.csv").read_text().splitlines()[0]
+    prov = json.loads((tmp_path / "effects.provenance.json").read_text())
+    assert prov["variant"] == "directed" and prov["data_hash"] and prov["run"] == str(tmp_path / "run")
     # the paper variant on the default schedule: the flows ran it whole, nothing to warn about (the cached
     # result carries its warnings: only the rank note of 49 perturbed genes in 144)
     paper = run("clipr", tmp_path / "run", "--variant", "paper", "--out", tmp_path / "paper.csv")
     assert "converged" not in paper.stderr and "span only 49" in paper.stderr, paper.stderr
     # Σ and limit responses from the drift's fixed points and generated control cells (METHOD §4)
     run("clipr", tmp_path / "run", "--source", "fixed_points", "--out", tmp_path / "fp.csv")
-    fp = pd.read_csv(tmp_path / "fp.csv", comment="#")
-    assert '"source": "fixed_points"' in (tmp_path / "fp.csv").read_text().splitlines()[0]
+    fp = pd.read_csv(tmp_path / "fp.csv")
+    assert json.loads((tmp_path / "fp.provenance.json").read_text())["source"] == "fixed_points"
     assert fp.shape == eff.shape and np.isfinite(fp["effect"]).all()
     for args, needle in ((("--source", "data", "--data", demo_screen_path()), "count model"),
                          (("--source", "data"), "--data"),
@@ -207,8 +229,8 @@ def test_clipr_and_modules_on_the_shipped_demo_run(tmp_path):
     def modules(*extra):
         out = tmp_path / f"modules{len(extra)}.tsv"
         proc = run("modules", tmp_path / "run", "--gmt", root / "assets" / "demo_modules.gmt", *extra, "--out", out)
-        tab = pd.read_csv(out, sep="\t", comment="#", keep_default_na=False).set_index("gene")
-        header = json.loads(out.read_text().splitlines()[0].split(":", 1)[1])
+        tab = pd.read_table(out, keep_default_na=False).set_index("gene")  # plain TSV, header first
+        header = json.loads(out.with_name(out.stem + ".provenance.json").read_text())
         return tab, header, proc.stdout
 
     tab, header, stdout = modules()

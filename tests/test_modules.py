@@ -107,19 +107,21 @@ def test_exports_with_provenance(tmp_path):
     assert set(long.columns) == {"source", "target", "effect"} and (long["effect"].abs() > 0.5).all()
     assert long.iloc[0]["effect"] == E[~np.eye(12, dtype=bool)][np.argmax(np.abs(E[~np.eye(12, dtype=bool)]))]
     p = write_effects_csv(tmp_path / "e.csv", E, genes, provenance=prov, threshold=0.5)
-    first = p.read_text().splitlines()[0]
-    assert first.startswith("#") and json.loads(first.split(":", 1)[1])["data_hash"] == "abc123"
-    back = pd.read_csv(p, comment="#")
+    back = pd.read_csv(p)  # plain: header first, no comment line, no reader options
     pd.testing.assert_frame_equal(back, long)
+    side = json.loads((tmp_path / "e.provenance.json").read_text())
+    assert side["data_hash"] == "abc123" and side["threshold"] == 0.5 and side["version"]
     mods = find_modules(E, genes)
     enr = pd.DataFrame({"module": ["M1"], "term": ["T1"]})
     t = write_modules_tsv(tmp_path / "m.tsv", mods, enrichment=enr, provenance=prov)
-    tab = pd.read_csv(t, sep="\t", comment="#", keep_default_na=False)
+    tab = pd.read_table(t, keep_default_na=False)
     assert list(tab.columns) == ["gene", "module", "is_hub", "top_terms"]
     assert (tab.loc[tab["module"] == "M1", "top_terms"] == "T1").all()
-    g, side = write_graphml(tmp_path / "g.graphml", E, genes, threshold=0.5, provenance=prov, modules=mods)
+    assert json.loads((tmp_path / "m.provenance.json").read_text())["modules"] == dict(mods.params)
+    g = write_graphml(tmp_path / "g.graphml", E, genes, threshold=0.5, provenance=prov, modules=mods)
     G = nx.read_graphml(g)
-    assert G.number_of_edges() == len(long) and json.loads(side.read_text())["variant"] == "directed"
+    assert G.number_of_edges() == len(long) and json.loads(G.graph["variant"]) == "directed"
+    assert json.loads(G.graph["threshold"]) == 0.5
     with pytest.raises(ConfigError):
         write_effects_csv(tmp_path / "x.csv", E, genes, provenance={"bad": object()})
 

@@ -216,7 +216,7 @@ def test_file_space_record_is_none_for_count_files(tiny_h5ad):
 
 TINY = ["--set", "stage1.steps=30", "--set", "stage1.n_samples=64", "--set", "stage2.hidden=32",
         "--set", "stage2.emb_dim=8", "--set", "stage2.batch_size=128", "--set", "stage2.steps=60",
-        "--set", "n_latent_samples=200", "--set", "min_cells=10", "--quiet"]
+        "--set", "n_latent_samples=200", "--set", "min_cells=10", "--set", "embedding=pca", "--quiet"]
 
 
 @pytest.fixture

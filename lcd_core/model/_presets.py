@@ -29,6 +29,7 @@ class TrainConfig:
     sampler: str = "fast"  # default sampler of predictions made with this run
     sampler_evals: int | None = None  # its n_evals: network evaluations per cell; None = the sampler's default
     seed: int = 0  # seeds both stages and the latent draws
+    embedding: str = "umap"  # the app's reference embedding, fitted and saved at the end: umap, pca or none
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -8,7 +8,7 @@ Layout::
         checkpoints/         stage1.pt, stage2.pt: resumable state (tensors + plain values only; removed on completion)
         model.safetensors    final weights
         model.json           everything else the model needs to be rebuilt (plain JSON)
-        cache/               CLIPR / module results, keyed by their parameters
+        cache/               CLIPR / module results and the reference embedding, keyed by what made them
         COMPLETE             written last; holds the sha256 of the weights file
 
 A run *looks complete* only when ``COMPLETE`` exists and matches the weights: a killed training leaves

@@ -27,6 +27,7 @@ from ..module import QuantileDecoder, ZIPNoise, unit_scale_from_counts
 from ..pp import explicit_split, fold_split, split_combinations
 from ..train import Progress, ProgressFn, fit_stage1, fit_stage2, standardize
 from ._anchor import fit_anchors
+from ._embedding import EMBEDDING_METHODS, write_run_embedding
 from ._lcd import LCD, multihot
 from ._presets import TrainConfig
 from ._run import RunDir
@@ -155,6 +156,8 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
     mode = "counts" if screen.is_counts else "normalised"
     if not 0.0 <= config.val_fraction < 0.5:
         raise ConfigError(f"val_fraction must lie in [0, 0.5), got {config.val_fraction}")
+    if config.embedding not in EMBEDDING_METHODS:
+        raise ConfigError(f"embedding must be one of {', '.join(EMBEDDING_METHODS)}; got {config.embedding!r}")
     held_cells = _resumed_validation(run, train_conds) or validation_split(
         {c: int(n_cells[c]) for c in train_conds}, config.val_fraction, config.seed)
 
@@ -255,6 +258,7 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
         model.anchors = fit_anchors(model, {c: screen.log1p(c) for c in singles}, seed=config.seed)
         model.anchors.save(run.path)
     _write_fit(model, screen, run, train_conds, held_cells, config.seed, report)
+    write_run_embedding(model, screen, run, config.embedding, report)  # the app's UMAP, loaded at first visit
     run.write_config(dict(cfg_json, status="complete"))
     run.mark_complete()
     # a finished run is never resumed, and its checkpoints dwarf it (the standard preset's stage-1 state is

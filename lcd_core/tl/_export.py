@@ -1,4 +1,9 @@
-"""Exports of causal effects and modules with provenance (CSV/TSV comment header, GraphML + sidecar)."""
+"""Exports of causal effects and modules with provenance.
+
+Tables are plain (header first) so that any reader opens them — ``pandas.read_csv``, R's ``read.csv``,
+Excel — and their provenance goes to a JSON sidecar beside them (:func:`provenance_path`: ``effects.csv`` →
+``effects.provenance.json``). GraphML carries it inside, as graph attributes.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +34,25 @@ def _provenance(provenance: Mapping | None) -> dict:
     return prov
 
 
-def _header(prov: dict) -> str:
-    return "# lcd_core provenance: " + json.dumps(prov, sort_keys=True) + "\n"
+def provenance_path(path: str | PathLike) -> Path:
+    """The provenance sidecar of an exported file: ``dir/effects.csv`` → ``dir/effects.provenance.json``."""
+    path = Path(path)
+    return path.with_name(path.stem + ".provenance.json")
+
+
+def provenance_json(provenance: Mapping | None) -> str:
+    """The provenance record as the sidecar's text (every :data:`PROVENANCE_FIELDS` present)."""
+    return _text(_provenance(provenance))
+
+
+def _text(prov: dict) -> str:
+    return json.dumps(prov, indent=2, sort_keys=True) + "\n"
+
+
+def _write_sidecar(path: Path, prov: dict) -> Path:
+    side = provenance_path(path)
+    side.write_text(_text(prov), encoding="utf-8")
+    return side
 
 
 def effects_long(
@@ -56,13 +78,13 @@ def write_effects_csv(
     path: str | PathLike, effects: np.ndarray, genes: Sequence[str], *, provenance: Mapping | None = None,
     threshold: float = 0.0,
 ) -> Path:
-    """Write :func:`effects_long` as CSV, first line ``# lcd_core provenance: {json}``
-    (read back with ``pandas.read_csv(path, comment="#")``)."""
+    """Write :func:`effects_long` as a plain CSV (header ``source,target,effect``) and its provenance to
+    the sidecar :func:`provenance_path` (``effects.provenance.json``). Returns the CSV's path."""
     path = Path(path)
-    df = effects_long(effects, genes, threshold=threshold)
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        fh.write(_header(_provenance(provenance)))
-        df.to_csv(fh, index=False)
+    prov = _provenance(provenance)
+    prov["threshold"] = threshold
+    effects_long(effects, genes, threshold=threshold).to_csv(path, index=False)
+    _write_sidecar(path, prov)
     return path
 
 
@@ -70,8 +92,9 @@ def write_modules_tsv(
     path: str | PathLike, modules, *, enrichment: pd.DataFrame | None = None, provenance: Mapping | None = None,
     n_terms: int = 3,
 ) -> Path:
-    """Write ``gene, module, is_hub, top_terms`` (TSV) of a :class:`ModuleResult`, with the provenance
-    comment line; ``top_terms`` are the module's first ``n_terms`` enriched terms (``;``-joined)."""
+    """Write ``gene, module, is_hub, top_terms`` (plain TSV) of a :class:`ModuleResult`, and its provenance
+    (with the clustering's parameters) to the sidecar :func:`provenance_path`; ``top_terms`` are the
+    module's first ``n_terms`` enriched terms (``;``-joined). Returns the TSV's path."""
     path = Path(path)
     terms = {}
     if enrichment is not None and len(enrichment):
@@ -86,19 +109,19 @@ def write_modules_tsv(
     })
     prov = _provenance(provenance)
     prov["modules"] = dict(modules.params)
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        fh.write(_header(prov))
-        df.to_csv(fh, sep="\t", index=False)
+    df.to_csv(path, sep="\t", index=False)
+    _write_sidecar(path, prov)
     return path
 
 
 def write_graphml(
     path: str | PathLike, effects: np.ndarray, genes: Sequence[str], *, threshold: float = 0.0,
     provenance: Mapping | None = None, modules=None,
-) -> tuple[Path, Path]:
+) -> Path:
     """Write the thresholded effect graph (edges source → target, attributes ``effect``, ``weight`` =
     |effect|, ``sign``; node attribute ``module`` when given) as GraphML, with the provenance as graph
-    attributes and as a JSON sidecar ``<path>.json``. Returns both paths."""
+    attributes (JSON text each: GraphML holds scalars), read by any GraphML reader with the graph. No
+    sidecar: the file carries its own provenance. Returns the path."""
     import networkx as nx
 
     path = Path(path)
@@ -113,6 +136,4 @@ def write_graphml(
     prov["threshold"] = threshold
     G.graph.update({k: json.dumps(v) for k, v in prov.items()})  # GraphML holds scalars: store JSON text
     nx.write_graphml(G, path)
-    side = path.with_name(path.name + ".json")
-    side.write_text(json.dumps(prov, indent=2, sort_keys=True), encoding="utf-8")
-    return path, side
+    return path
