@@ -12,18 +12,44 @@ import pandas as pd
 import streamlit as st
 
 from app_ui import results, state, widgets
+from app_ui.jobs import run_job
 from lcd_core import KEYS, LCDError
 from lcd_core.clipr import CLIPR, VARIANTS
 from lcd_core.data._conventions import targets_of
-from lcd_core.pl import embedding_scatter
-from lcd_core.tl import (baseline_predictions, compare_methods, double_interaction, gene_shift_table,
-                         singular_response, whatif_cells)
+from lcd_core.model import condition_fit, h5ad_bytes, no_change_check, prediction_anndata, read_fit
+from lcd_core.pl import embedding_scatter, gene_violins, gi_map, gi_scatter, shift_scatter
+from lcd_core.tl import (INTERACTION_CLASSES, INTERACTION_COLUMNS, baseline_predictions, compare_methods,
+                         double_interaction, gene_response_table, gene_shift_table, interaction_map,
+                         interaction_shifts, singular_response, whatif_cells)
 
 SHOW_METRICS = ["mmd", "energy", "wasserstein", "rmse", "pearson_delta", "pearson_systema", "de_auroc"]
+LCD_MODE, WHATIF_MODE = "LCD (distribution)", "Linear what-if (CLIPR)"
+NOT_REPRODUCED = " ⚠ not reproduced"
+#: cells per condition when every condition is predicted for the gene-response table (all conditions at
+#: 100 cells take ~72 s on the demo's 2-core CPU)
+RESPONSE_CELLS = [30, 50, 100]
 
 
-def choose_lcd(model, screen) -> str | None:
-    """Widgets of LCD mode; returns the canonical label of the chosen perturbation."""
+def run_fit(run) -> dict | None:
+    """The run's fit report (fit.json), read once per run."""
+    return results.memo(("fit", state.run_key(run)), lambda: read_fit(run))
+
+
+def not_reproduced(fit: dict | None) -> set[str]:
+    """Training conditions the fit check says the model does not reproduce within replicate noise."""
+    return {c for c, e in ((fit or {}).get("conditions") or {}).items() if e.get("status") == "outside"}
+
+
+def to_whatif(genes: list[str]) -> None:
+    """Button callback: switch to the what-if mode with ``genes`` chosen (before the widgets are drawn)."""
+    st.session_state["pert_mode"] = WHATIF_MODE
+    st.session_state["wi_genes"] = list(genes)
+
+
+def choose_lcd(model, screen, fit: dict | None = None) -> str | None:
+    """Widgets of LCD mode; returns the canonical label of the chosen perturbation. Conditions the run's
+    fit check says it does not reproduce are marked in the pickers."""
+    bad = not_reproduced(fit)
     observed = set(screen.conditions) if state.same_genes(model, screen) else set()
     heldout = set(model.info.get("heldout", []))
     trained = set(model.conditions)
@@ -36,7 +62,7 @@ def choose_lcd(model, screen) -> str | None:
             return f"{c}  (held out: unseen by the model, observed)"
         if c not in trained:
             return f"{c}  (not in training)"
-        return f"{c}  (in training)"
+        return f"{c}  (in training){NOT_REPRODUCED if c in bad else ''}"
 
     kind = st.radio("Perturbation", ["double", "single", "any gene set"], horizontal=True, key="pert_kind")
     if kind == "double":
@@ -53,30 +79,91 @@ def choose_lcd(model, screen) -> str | None:
 
 
 def umap_block(run, screen, model, predicted: dict[str, np.ndarray], observed: list[str]) -> None:
-    """Predicted cells and the measured cells of the ``observed`` labels on the reference embedding."""
+    """Predicted cells and the measured cells of the ``observed`` labels on the reference embedding,
+    optionally with density contours or coloured by one gene's expression."""
     emb = results.embedding(run, screen)
     if emb is None:
         return
-    try:
-        pred_xy = {k: emb.transform(v) for k, v in predicted.items()}
+    c1, c2 = st.columns([1, 2])
+    contours = c1.checkbox("Density contours", value=False, key="umap_contours",
+                           help="Contour lines of the predicted and the observed cells' density, in their colours.")
+    gene = c2.selectbox("Colour cells by gene", model.genes, index=None, key="umap_gene",
+                        placeholder="by condition (predicted / observed)",
+                        help="Colour control, observed and predicted cells by one gene's expression (log1p CP10k).")
+    same = state.same_genes(model, screen)
+
+    def xy_of(k: str):
         # measured cells: projected once per (run, screen, embedding, label), not at every rerun. Done here,
         # when the chart needs them: started beside the sampling, the projection slowed a new double →
         # updated UMAP (median 1.72 → 2.06 s on the 2-core benchmark; both compete for the cores)
-        obs_xy = {k: results.memo(("observed_xy", state.run_key(run), screen.data_hash, emb.method, k),
-                             lambda k=k: emb.transform(screen.log1p(k))) for k in observed}
+        return results.memo(("observed_xy", state.run_key(run), screen.data_hash, emb.method, k),
+                            lambda: emb.transform(screen.log1p(k)))
+
+    try:
+        pred_xy = {k: emb.transform(v) for k, v in predicted.items()}
+        obs_xy = {k: xy_of(k) for k in observed}
+        expression = None
+        if gene is not None:
+            j = list(model.genes).index(gene)
+            expression = {"predicted": {k: v[:, j] for k, v in predicted.items()}}
+            if same:  # the screen measures the model's genes: observed cells and control by the same gene
+                expression["observed"] = {k: screen.log1p(k)[:, j] for k in observed}
+                expression["control"] = screen.log1p(KEYS.CONTROL)[:, j]
     except LCDError as e:
         widgets.show_error(e, "Projection into the reference embedding failed")
         return
-    ctrl_xy = emb.coords[emb.labels == KEYS.CONTROL]
     method = "UMAP" if emb.method == "umap" else "PC"
-    fig = embedding_scatter(emb.coords, obs_xy, pred_xy, control=ctrl_xy, method=method)
+    if expression is not None and "control" in expression:
+        ctrl_xy = xy_of(KEYS.CONTROL)  # every control cell, in the order of its expression values
+    else:
+        ctrl_xy = emb.coords[emb.labels == KEYS.CONTROL]
+    fig = embedding_scatter(emb.coords, obs_xy, pred_xy, control=ctrl_xy, method=method, contours=contours,
+                            expression=expression, expression_name=gene or "expression")
     st.plotly_chart(fig, key="umap_chart")
-    st.caption(f"Reference {method}: fitted once on {emb.params['n_cells']:,} control + training cells; predicted "
-               "cells (×) and observed cells (●) projected into it; arrows: control → predicted centroid.")
+    colour = (f"coloured by {gene} (viridis, log1p CP10k)" if gene else
+              "predicted cells (×, vermillion) and observed cells (●, blue)")
+    st.caption(f"Reference {method}: fitted once on {emb.params['n_cells']:,} control + training cells (grey); "
+               f"cells projected into it, {colour}; control dark grey; arrows: control → predicted centroid.")
+
+
+def unseen_block(model, unseen: list[str]) -> None:
+    """Genes never perturbed in training: LCD has no data on them; offer the what-if with the same genes."""
+    names = ", ".join(unseen)
+    st.warning(f"LCD has no data on {names}: {'it was' if len(unseen) == 1 else 'they were'} never perturbed in "
+               "training, so the model has no embedding learned for "
+               f"{'it' if len(unseen) == 1 else 'them'} and its prediction uses the mean embedding of the trained "
+               "perturbations: a generic answer, the same for any unseen gene, not a prediction about "
+               f"{names}. CLIPR's linear what-if answers from the causal graph instead.")
+    modelled = [g for g in unseen if g in set(model.genes)]
+    if modelled:
+        st.button(f"Ask the linear what-if about {', '.join(modelled)}", key="pert_to_whatif", type="primary",
+                  on_click=to_whatif, args=(modelled,))
+    else:
+        st.caption("These genes are not measured by the model either, so the what-if cannot answer for them.")
+
+
+def fit_block(run, label: str, cells, obs, control, rk) -> dict:
+    """The run's fit check for ``label`` (and, with observed cells, the no-change check), as one line."""
+    fit = run_fit(run)
+    try:
+        nc = results.memo(("no_change", rk), lambda: no_change_check(cells, obs, control)) if obs is not None else None
+    except LCDError as e:
+        widgets.show_error(e, "No-change check")
+        nc = None
+    res = condition_fit(fit, label, no_change=nc)
+    text = f"Fit check: {res['sentence']}"
+    if res["reproduced"] is False:
+        st.warning(f"⚠ {text}", icon=None)
+    elif res["reproduced"]:
+        st.success(text)
+    else:
+        st.caption(text)
+    return res
 
 
 def lcd_mode(screen, run, model) -> None:
-    label = choose_lcd(model, screen)
+    fit = run_fit(run)
+    label = choose_lcd(model, screen, fit)
     c1, c2, c3 = st.columns(3)
     n_cells = c1.select_slider("Cells to generate", [100, 200, 300, 500, 1000], value=300, key="pert_cells")
     seed = int(c2.number_input("Seed", 0, 10_000, 0, key="pert_seed"))
@@ -91,6 +178,7 @@ def lcd_mode(screen, run, model) -> None:
              "(README, 'Anchored prediction'); off: LCD's own prediction.")
     if not label:
         st.info("Choose a perturbation.")
+        screen_block(screen, run, model, fit)
         return
     try:
         _, unseen = model.multihot(label)
@@ -99,17 +187,19 @@ def lcd_mode(screen, run, model) -> None:
         return
     targets = targets_of(label)
     rk = (state.run_key(run), screen.data_hash, label, int(n_cells), seed, n_evals, anchored)  # key of everything derived below
-    extra = tuple(dict.fromkeys([KEYS.CONTROL, *targets])) if len(targets) == 2 else ()
-    # control and singles for the interaction class, queued behind the chosen label's own cells
+    # control (the download's and the interaction's reference) and the singles of a double, queued behind
+    # the chosen label's own cells
+    extra = tuple(dict.fromkeys([KEYS.CONTROL, *(targets if len(targets) == 2 else ())]))
     results.prefetch_predictions(run, extra, n_cells, seed, n_evals=n_evals, after=label, anchored=anchored)
     pred = results.prediction(run, (label,), n_cells, seed, n_evals=n_evals, anchored=anchored)
     if pred is None:
         return
     st.session_state["last_prediction"] = label
     cells = pred[label]
-    has_obs = state.same_genes(model, screen) and label in set(screen.conditions)
+    same = state.same_genes(model, screen)
+    has_obs = same and label in set(screen.conditions)
     obs = screen.log1p(label) if has_obs else None
-    if state.same_genes(model, screen):
+    if same:
         control = screen.log1p(KEYS.CONTROL)
     else:  # another screen than the run's: compare with the model's own control cells
         ctrl = results.prediction(run, (KEYS.CONTROL,), n_cells, seed, n_evals=n_evals, anchored=anchored)
@@ -122,59 +212,62 @@ def lcd_mode(screen, run, model) -> None:
                 f"{' · observed: ' + str(len(obs)) + ' cells' if has_obs else ' · no observed cells'}</div>",
                 unsafe_allow_html=True)
     if unseen:
-        st.info(f"Never perturbed in training: {', '.join(unseen)} (they use the mean of the trained embeddings).")
+        unseen_block(model, list(unseen))
     umap_block(run, screen, model, {label: cells}, [label] if has_obs else [])
-
-    # genetic interaction of a double (METHOD §6): from predicted cells, and from observed ones if all exist
-    if len(targets) == 2:
-        a, b = targets
-        st.subheader("Genetic interaction")
-        more = results.prediction(run, extra, n_cells, seed, n_evals=n_evals, anchored=anchored)
-        if more is None:
-            return
-        pred.update(more)
-        rows = []
-        try:
-            gi = results.memo(("gi", rk), lambda: double_interaction(pred[KEYS.CONTROL], pred[a], pred[b], pred[label]))
-            rows.append({"source": "LCD prediction", **gi})
-        except LCDError as e:
-            widgets.show_error(e, "Interaction scores (predicted)")
-        if state.same_genes(model, screen) and all(c in set(screen.conditions) for c in (a, b, label)):
-            try:
-                gi_obs = results.memo(("gi_obs", rk[1], label), lambda: double_interaction(
-                    screen.log1p(KEYS.CONTROL), screen.log1p(a), screen.log1p(b), obs))
-                rows.append({"source": "observed cells", **gi_obs})
-            except LCDError as e:
-                widgets.show_error(e, "Interaction scores (observed)")
-        if rows:
-            st.metric("Interaction class (LCD)", rows[0]["class"] if rows[0]["source"] == "LCD prediction" else "–")
-            gi_df = pd.DataFrame(rows)[["source", "class", "classes", "magnitude", "c_a", "c_b", "dcor", "fit_dcor",
-                                        "dcor_ratio", "dominance"]]
-            st.dataframe(gi_df, hide_index=True, key="gi_table")
-            st.caption("Norman et al. (2019) scores on control-z-scored CP10k; absolute thresholds of "
-                       "lcd_core.tl.classify_interactions.")
+    fitc = fit_block(run, label, cells, obs, control, rk)
 
     # mean shifts per gene, LCD beside the baselines
-    st.subheader("Mean shift per gene (log1p CP10k vs control)")
     table = gene_shift_table(cells, control, model.genes, observed=obs)
     base = {}
-    if state.same_genes(model, screen):
+    if same:
         try:
             fitted = results.baselines(run, screen)
             base = results.memo(("baselines", rk), lambda: baseline_predictions(fitted, label, n_cells, seed=seed))
         except LCDError as e:
             widgets.show_error(e, "Baselines")
+
+    # genetic interaction of a double (METHOD §6): from predicted cells, and from observed ones if all exist
+    if len(targets) == 2:
+        interaction_block(screen, run, model, label, pred, obs, fitc, rk,
+                          n_cells=n_cells, seed=seed, n_evals=n_evals, anchored=anchored)
+
+    st.subheader("Mean shift per gene (log1p CP10k vs control)")
     cmean = np.asarray(control, dtype=float).mean(0)
     idx = {g: i for i, g in enumerate(model.genes)}
     for name, bc in base.items():
         table[f"{name}_shift"] = (bc.mean(0) - cmean)[[idx[g] for g in table["gene"]]]
     st.dataframe(table.head(50), hide_index=True, key="shift_table")
-    st.download_button("Download the full table (CSV)", widgets.csv_bytes(table), file_name=f"shifts_{label}.csv",
+    d1, d2 = st.columns(2)
+    d1.download_button("Download the full table (CSV)", widgets.csv_bytes(table), file_name=f"shifts_{label}.csv",
                        mime="text/csv", key="dl_shifts")
     widgets.provenance_button(widgets.provenance(screen, run, perturbation=label, n_cells=n_cells, sampler_seed=seed),
-                         f"shifts_{label}.csv", key="dl_shifts_prov")
+                              f"shifts_{label}.csv", key="dl_shifts_prov", where=d1)
+    gen_ctrl = pred.get(KEYS.CONTROL)
+    if gen_ctrl is None:
+        got = results.prediction(run, (KEYS.CONTROL,), n_cells, seed, n_evals=n_evals, anchored=anchored, wait=0.5)
+        gen_ctrl = None if got is None else got[KEYS.CONTROL]
+    if gen_ctrl is not None:  # the file records its run and seed in uns["lcd_prediction"]
+        data = results.memo(("h5ad", rk), lambda: h5ad_bytes(prediction_anndata(model, {label: cells}, control=gen_ctrl,
+                                                                                 seed=seed)))
+        d2.download_button("Download the predicted cells (.h5ad)", data, file_name=f"predicted_{label}.h5ad",
+                           mime="application/x-hdf5", key="dl_h5ad",
+                           help="Generated control and perturbed cells, log1p CP10k, obs['perturbation']: the "
+                                "cell-eval layout of `lcd evaluate`'s predicted.h5ad.")
 
     if has_obs:
+        with st.expander("Predicted vs observed, gene by gene"):
+            g1, g2 = st.columns(2)
+            g1.plotly_chart(shift_scatter(table, top=30, title=f"{label}, top 30 genes"), key="shift_scatter_chart")
+            gene = g2.selectbox("Gene", list(table["gene"]), index=0, key="pert_violin_gene",
+                                help="Genes ranked by |predicted shift|.")
+            sets = {"control": control, "observed": obs, "predicted": cells}
+            if "additive" in base:
+                sets["additive"] = base["additive"]
+            g2.plotly_chart(gene_violins(sets, gene, model.genes, title=f"{gene} in {label}"), key="violin_chart")
+            st.caption("Left: each of the 30 most shifted genes' predicted against observed mean shift (the diagonal: "
+                       "a perfect prediction). Right: the chosen gene's cells: control (grey), observed (blue), "
+                       "predicted (vermillion), the additive baseline (green).")
+
         st.subheader("Against the observed cells")
         try:
             tpm = results.train_perturbed_mean(run, screen)
@@ -186,13 +279,128 @@ def lcd_mode(screen, run, model) -> None:
                        f"{'Held out: the model never saw these cells.' if label in model.info.get('heldout', []) else 'This condition was in training.'}")
         except LCDError as e:
             widgets.show_error(e, "Metrics")
+    screen_block(screen, run, model, fit)
+
+
+def interaction_block(screen, run, model, label: str, pred: dict, obs, fitc: dict, rk, *, n_cells, seed, n_evals,
+                      anchored) -> None:
+    """Interaction scores and class of a double, the double against its additive expectation, and what
+    the columns mean. The class is not shown as a verdict when the model does not reproduce the double."""
+    a, b = targets_of(label)
+    st.subheader("Genetic interaction")
+    more = results.prediction(run, (KEYS.CONTROL, a, b), n_cells, seed, n_evals=n_evals, anchored=anchored)
+    if more is None:
+        return
+    pred = {**pred, **more}
+    same = state.same_genes(model, screen)
+    rows = []
+    try:
+        gi = results.memo(("gi", rk), lambda: double_interaction(pred[KEYS.CONTROL], pred[a], pred[b], pred[label]))
+        rows.append({"source": "LCD prediction", **gi})
+    except LCDError as e:
+        widgets.show_error(e, "Interaction scores (predicted)")
+    if same and obs is not None and all(c in set(screen.conditions) for c in (a, b)):
+        try:
+            gi_obs = results.memo(("gi_obs", rk[1], label), lambda: double_interaction(
+                screen.log1p(KEYS.CONTROL), screen.log1p(a), screen.log1p(b), obs))
+            rows.append({"source": "observed cells", **gi_obs})
+        except LCDError as e:
+            widgets.show_error(e, "Interaction scores (observed)")
+    if rows:
+        lcd_row = rows[0] if rows[0]["source"] == "LCD prediction" else None
+        if lcd_row is not None and fitc.get("reproduced") is False:
+            # a class read off cells the model does not reproduce would be a confident wrong answer
+            st.metric("Interaction class (LCD)", "not reliable",
+                      help=f"The model does not reproduce {label} (fit check above), so its interaction class "
+                           f"('{lcd_row['class']}') is not shown as a verdict.")
+            lcd_row["class"] = f"({lcd_row['class']}: not reproduced)"
+        else:
+            st.metric("Interaction class (LCD)", lcd_row["class"] if lcd_row is not None else "–",
+                      help=INTERACTION_CLASSES.get(lcd_row["class"]) if lcd_row is not None else None)
+        gi_df = pd.DataFrame(rows)[["source", "class", "classes", "magnitude", "c_a", "c_b", "dcor", "fit_dcor",
+                                    "dcor_ratio", "dominance"]]
+        st.dataframe(gi_df, hide_index=True, key="gi_table")
+        st.caption("Norman et al. (2019) scores on control-z-scored CP10k; absolute thresholds of "
+                   "lcd_core.tl.classify_interactions.")
+        with st.expander("What the columns and classes mean"):
+            st.markdown("\n".join([f"- **{k}**: {v}" for k, v in INTERACTION_COLUMNS.items()] +
+                                   [f"- *{k}*: {v}" for k, v in INTERACTION_CLASSES.items()]))
+    if same and all(c in set(screen.conditions) for c in (KEYS.CONTROL, a, b)):
+        with st.expander(f"{label} against the additive expectation (Norman et al.'s scatter)"):
+            try:
+                shifts = results.memo(("gi_shifts", rk), lambda: interaction_shifts(
+                    screen.log1p(KEYS.CONTROL), screen.log1p(a), screen.log1p(b), genes=model.genes,
+                    observed=obs, predicted=pred[label]))
+                st.plotly_chart(gi_scatter(shifts, title=label), key="gi_scatter_chart")
+                st.caption("Each gene's shift in the double (y) against the sum of its shifts in the two measured "
+                           "singles (x); on the diagonal: additive. Observed blue, predicted vermillion.")
+            except LCDError as e:
+                widgets.show_error(e, "Interaction scatter")
+
+
+def screen_block(screen, run, model, fit) -> None:
+    """Questions about the whole screen, computed on demand in the background: the GI map of every double,
+    and which perturbations move a chosen gene most."""
+    doubles = [c for c in screen.conditions if len(targets_of(c)) == 2]
+    st.subheader("Across the screen")
+    if doubles and st.toggle(f"GI map of the screen's {len(doubles)} measured doubles", key="pert_gimap",
+                             help="Scores every observed double against its observed singles (once per screen, "
+                                  "in the background; about 8 s on the demo)."):
+        cells_needed = [KEYS.CONTROL, *dict.fromkeys(t for d in doubles for t in targets_of(d)), *doubles]
+        scores = run_job(("gi_map", screen.data_hash),
+                         lambda: interaction_map({c: screen.log1p(c) for c in cells_needed if c in set(screen.conditions)},
+                                                 doubles=doubles),
+                         label="GI map", what="Scoring every double of the screen", wait=1.0, store="resources")
+        if scores is not None:
+            try:
+                st.plotly_chart(gi_map(scores, source="observed", title="Observed genetic interactions"),
+                                key="gi_map_chart")
+                skipped = scores.attrs.get("skipped") or {}
+                st.caption(f"{scores['double'].nunique()} doubles scored on their measured cells; colour: magnitude "
+                           "(√2 = additive), symbol: class."
+                           + (f" Not scored: {', '.join(f'{d} ({w})' for d, w in list(skipped.items())[:5])}"
+                              f"{' …' if len(skipped) > 5 else ''}." if skipped else ""))
+            except LCDError as e:
+                widgets.show_error(e, "GI map")
+
+    st.markdown("**Which perturbations move a gene most?**")
+    c1, c2 = st.columns([2, 1])
+    gene = c1.selectbox("Gene", model.genes, index=None, key="resp_gene", placeholder="choose a gene")
+    n = int(c2.select_slider("Cells per condition", RESPONSE_CELLS, value=50, key="resp_cells",
+                             help="Every condition is predicted once (in the background): 100 cells each take "
+                                  "about a minute on the demo."))
+    if gene is None:
+        return
+    same = state.same_genes(model, screen)
+    conditions = list(dict.fromkeys([*model.conditions, *model.info.get("heldout", [])]))
+    conditions = [c for c in conditions if c != KEYS.CONTROL]
+    rk = state.run_key(run)
+    cells = run_job(("predict_all", rk, n, 0),
+                    lambda: model.predict([KEYS.CONTROL, *conditions], n_cells=n, seed=0).cells,
+                    label="predicting every condition", what=f"Predicting all {len(conditions)} conditions "
+                    f"({n} cells each)", wait=1.0, store="resources")
+    if cells is None:
+        return
+    observed = {c: screen.log1p(c) for c in conditions if c in set(screen.conditions)} if same else None
+    control = screen.log1p(KEYS.CONTROL) if same else cells[KEYS.CONTROL]
+    try:
+        resp = results.memo(("response", rk, screen.data_hash, n, gene), lambda: gene_response_table(
+            gene, genes=model.genes, control=control, predicted={c: cells[c] for c in conditions}, observed=observed))
+    except LCDError as e:
+        widgets.show_error(e, "Gene response")
+        return
+    st.dataframe(resp, hide_index=True, key="response_table")
+    st.caption(f"Conditions ranked by how far LCD moves {gene}'s mean from control "
+               f"({resp.attrs.get('control_mean', float('nan')):.2f}, log1p CP10k); observed shifts where the screen "
+               f"measured the condition. {n} generated cells per condition.")
 
 
 def whatif_mode(screen, run, model) -> None:
     st.caption("Linear response through CLIPR's drift matrix: the model's control cells move by −A⁻¹c, where c "
                "shifts the chosen genes' own drift (a soft intervention), then pass through the count model.")
-    genes = st.multiselect("Genes", model.genes, max_selections=5, key="wi_genes",
-                           default=[model.genes[0]] if model.genes else None)
+    if "wi_genes" not in st.session_state:  # set here, not as a default: the LCD mode's button may set it first
+        st.session_state["wi_genes"] = list(model.genes[:1])
+    genes = st.multiselect("Genes", model.genes, max_selections=5, key="wi_genes")
     c1, c2, c3 = st.columns(3)
     direction = c1.radio("Intervention", ["knock-down", "activation"], key="wi_dir")
     strength = c2.slider("Strength (latent standard deviations)", 0.25, 5.0, 2.0, 0.25, key="wi_strength")
@@ -209,7 +417,12 @@ def whatif_mode(screen, run, model) -> None:
     try:
         shift, cells = whatif_cells(model, res.A, {g: sign * strength for g in genes}, n_cells=300)
     except LCDError as e:
-        widgets.show_error(e, "What-if")
+        widgets.show_error(e, f"What-if ({variant} variant)")
+        if variant != "directed":
+            st.info("The directed variant estimates a stable drift matrix, which always has an inverse: it answers "
+                    "this what-if.")
+            st.button("Use the directed variant", key="wi_to_directed", on_click=st.session_state.update,
+                      kwargs={"wi_variant": "directed"})
         return
     z = singular_response(shift, model.sd)
     if z is not None:
@@ -235,10 +448,10 @@ def main() -> None:
     model = widgets.require_model(screen, run)
     if model is None or screen is None:
         return
-    mode = st.radio("Mode", ["LCD (distribution)", "Linear what-if (CLIPR)"], horizontal=True, key="pert_mode",
+    mode = st.radio("Mode", [LCD_MODE, WHATIF_MODE], horizontal=True, key="pert_mode",
                     help="LCD samples cells for perturbations of the screen's kind, unseen combinations included. "
                          "The what-if mode covers any modelled gene, knock-down or activation, with a strength.")
-    if mode.startswith("LCD"):
+    if mode == LCD_MODE:
         lcd_mode(screen, run, model)
     else:
         whatif_mode(screen, run, model)

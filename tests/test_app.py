@@ -209,7 +209,7 @@ def test_perturb_double_drives_prediction_table_and_gi(app_env):
     assert_clean(at)
     assert any(a in m.value for m in at.markdown if "generated cells" in m.value)
     tables1 = {"shift_table": find_df(at, "predicted_shift"), "gi_table": find_df(at, "classes")}
-    assert len(at.get("plotly_chart")) == 1
+    assert chart(at, "umap_chart")["data"]
     at.selectbox(key="pert_double").select(b).run()
     settle(at)
     assert_clean(at)
@@ -223,7 +223,7 @@ def test_perturb_double_drives_prediction_table_and_gi(app_env):
     import base64
     import json
 
-    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    fig = chart(at, "umap_chart")
     traces = {t.get("name"): t for t in fig["data"]}
     assert f"{b} (predicted)" in traces and f"{b} (observed)" in traces
     import anndata as ad
@@ -234,7 +234,8 @@ def test_perturb_double_drives_prediction_table_and_gi(app_env):
     x = traces[f"{b} (observed)"]["x"]  # plotly ships arrays as base64 ("bdata") or as lists
     n_points = len(np.frombuffer(base64.b64decode(x["bdata"]), dtype=x["dtype"])) if isinstance(x, dict) else len(x)
     assert n_points == n_obs > 0
-    assert tables2["gi_table"]["class"].iloc[0] in {"additive", "synergy", "suppression", "neomorphism",
+    # (a prediction the no-change check flags keeps its class, marked "(class: not reproduced)")
+    assert tables2["gi_table"]["class"].iloc[0].strip("()").split(":")[0] in {"additive", "synergy", "suppression", "neomorphism",
                                                    "epistasis", "redundancy"}
     # observed cells exist for a held-out double: LCD and the baselines are scored side by side
     methods = set(tables2["metrics_table"]["method"])
@@ -319,7 +320,7 @@ def test_modules_cut_height_changes_module_count_and_downloads(app_env, capture_
 #: every download button of the pages, by key: what its bytes are and the columns a table starts with
 DOWNLOADS = {"dl_shifts": ("csv", "gene"), "dl_whatif": ("csv", "gene"), "dl_edges": ("csv", "source"),
              "dl_modules": ("tsv", "gene"), "dl_effects": ("csv", "source"), "dl_graphml": ("graphml", None),
-             "dl_bm_per": ("csv", "method"), "dl_bm_summary": ("csv", "metric")}
+             "dl_bm_per": ("csv", "method"), "dl_bm_summary": ("csv", "metric"), "dl_h5ad": ("h5ad", None)}
 
 
 def test_every_download_opens_with_a_plain_reader_and_has_its_provenance(app_env, capture_media):
@@ -351,6 +352,11 @@ def test_every_download_opens_with_a_plain_reader_and_has_its_provenance(app_env
             kind, first = DOWNLOADS[key]
             if kind == "graphml":
                 assert "data_hash" in nx.read_graphml(io.BytesIO(data)).graph
+                continue
+            if kind == "h5ad":  # predicted cells: their provenance (run, seed) is inside the file
+                import anndata as ad
+
+                assert ad.read_h5ad(io.BytesIO(data)).uns["lcd_prediction"]["run"], key
                 continue
             table = (pd.read_csv if kind == "csv" else pd.read_table)(io.BytesIO(data))
             assert table.columns[0] == first and len(table) > 0, (key, list(table.columns))
