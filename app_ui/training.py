@@ -26,11 +26,13 @@ def start_training(screen_path: str | Path, name: str, *, preset: str = DEFAULT_
                    backend: str = "local", ray_address: str | None = None, overrides: list[str] | None = None,
                    holdout: str | None = None, seed: int = 0, screen_options: dict | None = None) -> DetachedJob:
     """Start ``lcd train`` into ``runs/<name>`` in its own process; ``screen_options``: how the screen
-    was read on Home (``perturbation_key``, ...)."""
+    was read on Home (``perturbation_key``, ..., and ``subset``: the ``"key=value"`` contexts chosen)."""
+    read = {k: v for k, v in (screen_options or {}).items() if v}
+    subset = tuple(read.pop("subset", ()) or ())
     request = TrainRequest(screen=str(screen_path), out=str(settings().runs_dir / (name or "")), preset=preset,
                            device=device, backend=backend, ray_address=ray_address, holdout=holdout, seed=int(seed),
                            overrides=tuple(overrides or ()),
-                           read_options={k: v for k, v in (screen_options or {}).items() if v})
+                           read_options=read, subset=subset)
     return submit_detached(request, jobs_dir=jobs_dir(), name=name, python=settings().python, env=_process_env(),
                            cwd=ROOT)
 

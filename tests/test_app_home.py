@@ -1,0 +1,163 @@
+"""Home with AppTest: a file typed in the path box, what a screen supports before training, a failed
+file clearing the previous screen, the model picker on a screen no run belongs to, the context picker."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_tiny_counts
+from test_app import PAGES, AppTest, APP, app_env, assert_clean, metric  # noqa: F401  (app_env: a fixture)
+
+from lcd_core import KEYS
+
+
+def home() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.run()
+    return at
+
+
+def path_box(at: AppTest):
+    return next(t for t in at.text_input if t.label == "Path to an .h5ad file")
+
+
+def type_path(at: AppTest, path) -> AppTest:
+    path_box(at).input(str(path)).run()
+    return at
+
+
+def open_path_mode(at: AppTest) -> AppTest:
+    at.radio[0].set_value("path").run()
+    return at
+
+
+@pytest.fixture(scope="module")
+def unmodelled_targets_h5ad(tmp_path_factory):
+    """A count screen whose perturbed genes are not measured (CRISPRa-like): 4 singles, 1 double."""
+    adata = make_tiny_counts(seed=3)
+    rename = {"G00": "XA", "G01": "XB", "G02": "XC", "G03": "XD"}
+    labels = ["+".join(rename[g] for g in c.split("+")) if c != "ctrl" else c
+              for c in adata.obs[KEYS.PERT].astype(str)]
+    adata.obs[KEYS.PERT] = pd.Categorical(labels)
+    path = tmp_path_factory.mktemp("home") / "crispra.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_cell_types_h5ad(tmp_path_factory):
+    """Two cell types (K562: 6×60 cells, RPE1: 6×40 cells), each a complete small screen."""
+    import anndata as ad
+
+    a, b = make_tiny_counts(seed=4), make_tiny_counts(seed=5, n_cells=40)
+    a.obs["cell_type"], b.obs["cell_type"] = "K562", "RPE1"
+    b.obs_names = [f"b{i}" for i in range(b.n_obs)]
+    adata = ad.concat([a, b])
+    adata.obs[KEYS.PERT] = pd.Categorical(adata.obs[KEYS.PERT].astype(str))
+    path = tmp_path_factory.mktemp("ctx") / "two_types.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+def test_path_box_takes_each_new_entry(app_env, tmp_path, unmodelled_targets_h5ad):
+    """Wrong path, Enter, right path, Enter, another right path: each entry is the one used."""
+    at = open_path_mode(home())
+    type_path(at, tmp_path / "nope.h5ad")
+    assert any("no file at" in e.value for e in at.error)
+    type_path(at, unmodelled_targets_h5ad)
+    assert_clean(at)
+    assert path_box(at).value == str(unmodelled_targets_h5ad)
+    assert metric(at, "cells") == "360"
+    type_path(at, app_env["screen"])
+    assert_clean(at)
+    assert path_box(at).value == str(app_env["screen"])
+    assert metric(at, "cells") != "360"
+    # the typed path survives a visit to another page
+    at.switch_page(PAGES[1]).run()
+    at.switch_page("app.py").run()
+    assert path_box(at).value == str(app_env["screen"])
+
+
+def test_home_says_which_pages_the_screen_supports(app_env, unmodelled_targets_h5ad):
+    at = home()
+    ok = [s.value for s in at.success if "What this screen supports" in s.value]
+    assert ok and "✓ Causal graph" in ok[0], [s.value for s in at.success]
+    type_path(open_path_mode(at), unmodelled_targets_h5ad)
+    assert_clean(at)
+    warn = next(w.value for w in at.warning if "Not every page will work" in w.value)
+    assert "✗ Causal graph: CLIPR needs at least 2" in warn and "✓ Perturb" in warn
+    assert "not measured in the file" in warn
+    assert any("models every gene the file holds" in c.value for c in at.caption)
+
+
+def test_a_failed_file_clears_the_previous_screen_and_its_model(app_env, tmp_path):
+    at = home()
+    assert metric(at, "cells")
+    assert any("Model ready" in s.value for s in at.success)
+    bad = tmp_path / "bad.h5ad"
+    bad.write_text("not an h5ad")
+    type_path(open_path_mode(at), bad)
+    assert any(str(bad) in e.value for e in at.error)
+    assert not at.metric, "the previous screen's numbers stay on the page"
+    assert not any("Model ready" in s.value for s in at.success)
+    assert not any("**Screen**" in m.value for m in at.sidebar.markdown), "the sidebar still shows the old screen"
+    assert at.session_state["run_path"] is None
+
+
+def test_a_new_screen_gets_no_model_of_another_screen(app_env, unmodelled_targets_h5ad):
+    at = type_path(open_path_mode(home()), unmodelled_targets_h5ad)
+    assert_clean(at)
+    picker = at.selectbox[0]
+    assert picker.label == "Model (run)"
+    assert picker.value == "" and picker.options[0].startswith("none: no model belongs to this screen")
+    assert any("not this screen's model" in o for o in picker.options)  # the demo run, marked
+    assert at.session_state["run_path"] is None
+    assert not any("Model ready" in s.value for s in at.success)
+    assert any(b.label.startswith("Train a model on this screen") for b in at.button)
+    # the other pages say that no model is selected instead of using the demo's
+    at.switch_page(PAGES[0]).run()
+    assert any("No model is selected" in w.value for w in at.warning)
+
+
+def test_context_picker_selects_one_cell_type_for_the_screen_and_the_training(app_env, two_cell_types_h5ad):
+    from lcd_core.backends import list_detached
+
+    at = type_path(open_path_mode(home()), two_cell_types_h5ad)
+    assert_clean(at)
+    box = at.selectbox(key="ctx_cell_type")
+    assert box.options == ["all 600 cells (pooled)", "K562 (360 cells)", "RPE1 (240 cells)"]
+    assert box.value == "K562"  # a biological context: one at a time, the largest first
+    assert metric(at, "cells") == "360"
+    box.set_value("RPE1").run()
+    assert_clean(at)
+    assert metric(at, "cells") == "240"
+    assert at.session_state["screen_options"]["subset"] == ("cell_type=RPE1",)
+    # the training request carries the context (lcd train --subset cell_type=RPE1)
+    at.button[[b.label for b in at.button].index(
+        next(b.label for b in at.button if b.label.startswith("Train a model on this screen")))].click().run()
+    jobs = list_detached(app_env["dir"] / "runs" / ".jobs")
+    job = next(j for j in jobs if j.request.screen.endswith("two_types.h5ad"))
+    try:
+        assert job.request.subset == ("cell_type=RPE1",)
+        argv = job.request.argv()
+        assert argv[argv.index("--subset") + 1] == "cell_type=RPE1"
+        assert job.request.holdout is None or "+" in job.request.holdout
+    finally:
+        job.cancel()
+
+
+def test_train_request_round_trips_its_subset():
+    from dataclasses import asdict
+
+    from lcd_core.backends import TrainRequest
+
+    req = TrainRequest(screen="s.h5ad", out="r", subset=("cell_type=A", "replicate=1"), holdout="A+B")
+    back = TrainRequest.from_dict(json.loads(json.dumps(asdict(req))))
+    assert back == req
+    argv = back.argv()
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--subset"] == ["cell_type=A", "replicate=1"]
+    assert argv[argv.index("--holdout-combos") + 1] == "A+B"
