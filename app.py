@@ -160,7 +160,7 @@ def trainings_in_progress() -> None:
         prog = training.training_progress(job)
         st.progress(min(prog["step"] / max(prog["total"], 1), 1.0),
                     text=f"Training `{job.name}`: {prog['stage'] or 'starting'} step {prog['step']}/{prog['total']}"
-                         f" · ETA {training.fmt_seconds(prog['eta'])} (this stage)")
+                         f" · {training.eta_text(prog)}")
     if running:
         st.session_state["_home_training"] = True
     elif st.session_state.pop("_home_training", False):

@@ -103,6 +103,18 @@ def require_model(screen, run_path: str | None):
         return None
 
 
+def dashes(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """A table for display: numbers rounded to ``digits`` significant digits, missing values as "–"
+    (Streamlit would print "None"); the downloads keep the numbers."""
+    out = df.copy()
+    for c in out.columns:
+        if pd.api.types.is_float_dtype(out[c]):
+            out[c] = [("–" if pd.isna(v) else f"{v:.{digits}g}") for v in out[c]]
+        elif out[c].dtype == object:
+            out[c] = out[c].map(lambda v: "–" if v is None or (isinstance(v, float) and pd.isna(v)) else v)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ exports
 def provenance(screen, run_path: str | Path | None, **extra) -> dict:
     """What every export is stamped with: data set, run, seed, version (+ the call's parameters)."""

@@ -326,10 +326,18 @@ def test_benchmark_table(app_env):
     summ = find_df(at, "calibrated_vs_additive")
     assert {"mean", "calibrated_vs_additive", "calibrated_vs_pooled"} <= set(summ.columns)
     rows = summ.set_index(["metric", "method"])
-    assert rows.loc[("rmse_top20", "additive"), "calibrated_vs_additive"] == 0.0
-    assert rows.loc[("rmse_top20", "pooled"), "calibrated_vs_pooled"] == 0.0
-    assert np.isfinite(rows.loc[("rmse_top20", "lcd"), "calibrated_vs_additive"])
+    assert float(rows.loc[("rmse_top20", "additive"), "calibrated_vs_additive"]) == 0.0
+    assert float(rows.loc[("rmse_top20", "pooled"), "calibrated_vs_pooled"]) == 0.0
+    assert np.isfinite(float(rows.loc[("rmse_top20", "lcd"), "calibrated_vs_additive"]))
     assert any("as good as repeating the experiment" in c.value for c in at.caption)
+    # no "None" cells: undefined values read "–" (LCD's win rate against itself)
+    assert not summ.isna().any().any() and rows.loc[("mmd", "lcd"), "win_rate"] == "–"
+    assert set(summ["better"]) == {"lower", "higher"}
+    # each metric says what it measures and which direction is better
+    legend = next(d.value for d in at.dataframe if "measures" in d.value.columns)
+    assert legend.set_index("metric").loc["mmd", "better"] == "lower"
+    assert legend.set_index("metric").loc["pearson_delta", "better"] == "higher"
+    assert any("lower is better" in c.value for c in at.caption)
 
 
 def test_train_page_starts_follows_and_lists_run(app_env):

@@ -161,3 +161,50 @@ def test_train_request_round_trips_its_subset():
     argv = back.argv()
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--subset"] == ["cell_type=A", "replicate=1"]
     assert argv[argv.index("--holdout-combos") + 1] == "A+B"
+
+
+def test_train_page_proposes_a_held_out_set_and_passes_it_on(app_env, tmp_path):
+    """A screen without a split: the Train page proposes the paper-protocol doubles, says why, and the
+    user can clear, restore or edit them; the training request carries them."""
+    from lcd_core.backends import list_detached
+
+    no_split = tmp_path / "no_split.h5ad"
+    make_tiny_counts(seed=7).write_h5ad(no_split)  # ctrl, 4 singles, 1 double G00+G01
+    at = type_path(open_path_mode(home()), no_split)
+    at.switch_page(PAGES[3]).run()
+    assert_clean(at)
+    box = at.text_area(key="tr_holdout")
+    assert box.value == "G00+G01"
+    assert any(c.value.startswith("Proposed: Held out 1 of 1 testable doubles") for c in at.caption)
+    at.button(key="tr_holdout_clear").click().run()
+    assert at.text_area(key="tr_holdout").value == ""
+    assert any("nothing is held out" in c.value for c in at.caption)
+    at.button(key="tr_holdout_propose").click().run()
+    assert at.text_area(key="tr_holdout").value == "G00+G01"
+    at.text_area(key="tr_holdout").input("G09+G10").run()  # not a condition of the screen
+    assert any("not in the screen" in e.value for e in at.error)
+    assert at.button(key="tr_start").disabled
+    at.text_area(key="tr_holdout").input("G01+G00").run()  # any order of the genes
+    assert not at.error and not at.button(key="tr_start").disabled
+    at.text_input(key="tr_name").input("heldout-check").run()
+    at.button(key="tr_start").click().run()
+    job = next(j for j in list_detached(app_env["dir"] / "runs" / ".jobs") if j.name == "heldout-check")
+    try:
+        assert job.request.holdout == "G00+G01"
+        assert "--holdout-combos" in job.request.argv()
+    finally:
+        job.cancel()
+
+
+def test_no_page_hint_names_a_cli_flag():
+    """Hints on pages name the page's own controls (a user of the app has no command line)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for f in [root / "app.py", *sorted((root / "pages").glob("*.py")), *sorted((root / "app_ui").glob("*.py"))]:
+        for i, line in enumerate(f.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            strings = re.findall(r'"([^"]*)"', code)
+            assert not [s for s in strings if re.search(r"--(holdout|fold|subset|set)\b|\blcd train\b", s)], \
+                f"{f.name}:{i}: {line.strip()}"
