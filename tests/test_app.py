@@ -269,10 +269,11 @@ def test_causal_graph_threshold_changes_edges_and_download(app_env, capture_medi
     at = open_page(PAGES[1])
     assert_clean(at)
     n1 = int(metric(at, "edges above threshold"))
-    slider = at.slider(key="cg_threshold")
-    slider.set_value(slider.value * 0.3).run()
+    slider = at.select_slider(key="cg_top_k")
+    assert n1 == slider.value  # the control is a number of edges, not a raw |effect|
+    slider.set_value(200).run()
     n2 = int(metric(at, "edges above threshold"))
-    assert n2 > n1
+    assert n2 == 200 > n1
     assert "sign AUROC" in [m.label for m in at.metric]  # truth overlay on a simulated screen
     at.run()  # media of the last run is what the buttons point to
     data = download(at, "dl_edges", capture_media)

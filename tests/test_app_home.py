@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import make_tiny_counts
-from test_app import PAGES, AppTest, APP, app_env, assert_clean, metric  # noqa: F401  (app_env: a fixture)
+from test_app import PAGES, AppTest, APP, app_env, assert_clean, capture_media, metric  # noqa: F401  (fixtures)
 
 from lcd_core import KEYS
 
@@ -208,3 +208,25 @@ def test_no_page_hint_names_a_cli_flag():
             strings = re.findall(r'"([^"]*)"', code)
             assert not [s for s in strings if re.search(r"--(holdout|fold|subset|set)\b|\blcd train\b", s)], \
                 f"{f.name}:{i}: {line.strip()}"
+
+
+def test_causal_graph_opens_on_a_readable_gene_and_downloads_graphml(app_env, capture_media):
+    import io
+
+    import networkx as nx
+    from test_app import download, open_page
+
+    at = open_page(PAGES[1])
+    assert_clean(at)
+    gene = at.selectbox(key="cg_gene").value
+    n = int(metric(at, f"regulators of {gene}")) + int(metric(at, f"targets of {gene}"))
+    assert 0 < n <= 15  # not the largest hub: a neighbourhood one can read
+    at.run()  # media of the last run is what the buttons point to
+    g = nx.read_graphml(io.BytesIO(download(at, "dl_cg_graphml", capture_media)))
+    assert g.number_of_edges() == int(metric(at, "edges above threshold"))
+    assert "data_hash" in g.graph and "top_k" in g.graph
+    # the legend names the dashed style when the gene has true edges the model missed
+    spec = at.get("plotly_chart")[0].proto.spec
+    caption = next(c.value for c in at.caption if c.value.startswith("Threshold |effect|"))
+    if "dashed: 0 true edge" not in caption:
+        assert "true edge missed by the model" in spec
