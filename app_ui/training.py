@@ -97,10 +97,11 @@ def eta_text(prog: dict) -> str:
     """One overall ETA for the progress line (all stages), saying what it does not count yet."""
     if prog.get("eta_total") is None:
         return f"ETA {fmt_seconds(prog.get('eta'))} (this stage)"
+    if prog.get("untimed"):  # a lower bound: say which stages it leaves out
+        return (f"ETA at least {fmt_seconds(prog['eta_total'])} for the whole training "
+                f"({', '.join(prog['untimed'])} not timed yet)")
     text = f"ETA {fmt_seconds(prog['eta_total'])} for the whole training"
-    if prog.get("untimed"):
-        text += f" + {', '.join(prog['untimed'])} (not timed yet)"
-    elif prog.get("rates_from") and prog.get("stage") != "stage2":
+    if prog.get("rates_from") and prog.get("stage") != "stage2":
         text += f" (later stages timed on run {prog['rates_from']})"
     return text
 
