@@ -21,7 +21,7 @@ def metric_bars(summary: pd.DataFrame, metrics: Sequence[str], *, title: str | N
 
 
 #: where plotly's legend goes on the app's plots: below the axes, so the toolbar (top right) never covers it
-LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0)
+LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0)
 
 
 def loss_curve(log: pd.DataFrame, *, title: str | None = None) -> go.Figure:
@@ -45,5 +45,5 @@ def loss_curve(log: pd.DataFrame, *, title: str | None = None) -> go.Figure:
         fig.update_xaxes(title_text="step", row=1, col=i)
         fig.update_yaxes(title_text="loss" if i == 1 else None, row=1, col=i)
     fig.update_layout(title=title, height=320, showlegend=any(t.name.endswith("validation") for t in fig.data),
-                      legend=LEGEND_BELOW, margin=dict(l=10, r=10, t=60 if title else 40, b=10))
+                      legend=LEGEND_BELOW, margin=dict(l=10, r=10, t=60 if title else 40, b=50))
     return fig
