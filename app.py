@@ -71,22 +71,67 @@ def screen_chooser() -> None:
         if up is not None:
             try:
                 path = state.save_upload(up)
-                state.load_screen(path, options)
             except LCDError as e:
-                st.error(f"{up.name}: {e}")
+                _refused(up.name, e, "upload")
                 return
-            _use_screen(path, "upload", options)
+            _read_file(path, up.name, "upload", options)
     else:
-        typed = st.text_input("Path to an .h5ad file", value=st.session_state.get("typed_path", ""),
-                              placeholder="/data/norman2019.h5ad")
+        # a keyed widget keeps what the user typed last (an unkeyed one whose value= follows the session
+        # would be re-created on each entry and fall back to an older value); its value is copied to
+        # "typed_path", which survives page switches (Streamlit forgets keyed widgets of unshown pages)
+        if "home_path" not in st.session_state:
+            st.session_state["home_path"] = st.session_state.get("typed_path", "")
+        typed = st.text_input("Path to an .h5ad file", key="home_path", placeholder="/data/norman2019.h5ad").strip()
+        st.session_state["typed_path"] = typed
         if typed:
-            st.session_state["typed_path"] = typed
-            try:
-                state.load_screen(Path(typed).expanduser(), options)
-            except LCDError as e:
-                st.error(f"{typed}: {e}")
-                return
-            _use_screen(Path(typed).expanduser(), "path", options)
+            _read_file(Path(typed).expanduser(), typed, "path", options)
+
+
+def _refused(name: str, e: LCDError, source: str) -> None:
+    """A file that could not be read: say why, and forget the previous screen so that no number, banner
+    or model of it stays on the page (the sidebar included: hence the rerun)."""
+    st.error(f"{name}: {e}")
+    if st.session_state.get("screen_path") is not None:
+        state.clear_screen()
+        st.session_state["screen_source"] = source
+        st.rerun()
+
+
+def context_picker(path: Path) -> tuple[str, ...]:
+    """One select box per obs column that splits the file's cells into contexts (cell types, cell
+    lines, replicates…), with cell counts; returns the chosen ``"key=value"`` contexts. Biological
+    contexts default to the largest one (training refuses to pool them), replicates to all cells."""
+    contexts = state.file_contexts(path)
+    if not contexts:
+        return ()
+    st.markdown("**Contexts in this file**: the screen shown and trained is the cells of the chosen context.")
+    chosen = []
+    cols = st.columns(min(len(contexts), 3))
+    for i, ctx in enumerate(contexts):
+        values = list(ctx.counts)
+        pooled = f"all {sum(ctx.counts.values()):,} cells (pooled)"
+        choices = [""] + values
+        default = 1 if ctx.kind == "biological" else 0
+        value = cols[i % len(cols)].selectbox(
+            f"{ctx.key} ({len(values)} {ctx.noun})", choices, index=default, key=f"ctx_{ctx.key}",
+            format_func=lambda v, ctx=ctx, pooled=pooled: pooled if v == "" else f"{v} ({ctx.counts[v]:,} cells)",
+            help=("Different biology: the model is trained on one at a time (pooling them is refused)."
+                  if ctx.kind == "biological" else "Usually pooled; choose one to check for batch effects."))
+        if value:
+            chosen.append(f"{ctx.key}={value}")
+    return tuple(chosen)
+
+
+def _read_file(path: Path, name: str, source: str, options: dict) -> None:
+    subset = context_picker(path) if Path(path).is_file() else ()
+    if subset:
+        options = {**options, "subset": subset}
+    try:
+        state.load_screen(path, options)
+    except LCDError as e:
+        _refused(name, e, source)
+        return
+    _use_screen(path, source, options)
 
 
 def _use_screen(path: Path, source: str, options: dict | None = None) -> None:
@@ -101,6 +146,7 @@ def _use_screen(path: Path, source: str, options: dict | None = None) -> None:
         except LCDError:
             run = None
         st.session_state["run_path"] = str(run) if run else None
+        st.rerun()  # the sidebar (drawn before this) shows the new screen and model
     else:
         st.session_state["screen_source"] = source
 
@@ -114,7 +160,7 @@ def trainings_in_progress() -> None:
         prog = training.training_progress(job)
         st.progress(min(prog["step"] / max(prog["total"], 1), 1.0),
                     text=f"Training `{job.name}`: {prog['stage'] or 'starting'} step {prog['step']}/{prog['total']}"
-                         f" · ETA {training.fmt_seconds(prog['eta'])} (this stage)")
+                         f" · {training.eta_text(prog)}")
     if running:
         st.session_state["_home_training"] = True
     elif st.session_state.pop("_home_training", False):
@@ -139,6 +185,43 @@ def fit_sentence(run: str) -> None:
         st.markdown(fit.get("rule", ""))
 
 
+def support_panel(screen) -> None:
+    """Which pages the screen supports and why, before any training (lcd_core.data.supported_pages)."""
+    from lcd_core.data import supported_pages
+
+    report = supported_pages(screen)
+    text = "\n".join(f"- {line}" for line in report.lines())
+    head = ("**What this screen supports** (before any training):" if not report.unsupported else
+            f"**Not every page will work on this screen** ({len(report.unsupported)} of {len(report.pages)} "
+            "features need something it lacks; read why before training):")
+    (st.warning if report.unsupported else st.success)(f"{head}\n\n{text}")
+    if report.unmeasured_targets and report.unsupported:
+        st.caption("LCD Explorer models every gene the file holds, so a perturbed gene can reach the causal graph "
+                   "only if the file measures it. To use CLIPR on this screen, export it from the raw data again "
+                   "with the perturbed genes kept among the genes (lcd_core.pp.add_measured_targets adds every "
+                   "measured target to a gene selection) and choose that file here.")
+    if report.dropped_targets:  # a selection narrower than the file (not what `lcd train` does, said for scripts)
+        st.caption(f"{len(report.dropped_targets)} perturbed genes are in the file but would not be modelled: "
+                   "keep them in the gene selection (lcd_core.pp.add_measured_targets).")
+
+
+def quick_train(screen) -> None:
+    """One button: the demo preset on this screen, holding out the doubles the Train page proposes."""
+    from lcd_core.pp import propose_heldout
+
+    proposal = propose_heldout(screen)
+    held = proposal["heldout"] if proposal["source"] != "shipped" else []
+    if st.button("Train a model on this screen now (demo preset, a few minutes)", type="primary"):
+        try:
+            job = training.start_training(screen.path, f"demo-{len(training.trainings()) + 1}", preset="demo",
+                                          holdout=",".join(held) or None,
+                                          screen_options=st.session_state.get("screen_options"))
+            st.success(f"Training started in the background: run `{job.name}`. Follow it on the Train page.")
+        except LCDError as e:
+            widgets.show_error(e, "Training could not start")
+    st.caption(f"Held out for the benchmark: {proposal['why']} Change it on the Train page.")
+
+
 def home() -> None:
     widgets.page_setup("Home", run_in_sidebar=False)
     st.title("LCD Explorer")
@@ -151,7 +234,9 @@ def home() -> None:
     except LCDError as e:
         widgets.show_error(e, "The screen could not be read")
         screen = None
-    if screen is not None:
+    if screen is None:
+        st.info("No screen is selected: choose the demo, the real screen, or a file above.")
+    else:
         s = screen.summary()
         cols = st.columns(5)
         cols[0].metric("cells", f"{s['n_cells']:,}")
@@ -162,22 +247,19 @@ def home() -> None:
         if s["simulated"]:
             st.info("This screen is **simulated**: it ships its true causal graph and modules, so the pages show "
                     "truth beside the estimate.")
+        support_panel(screen)
         with st.expander("What the screen contains", expanded=False):
             st.code(screen.format_summary(), language=None)
 
     st.subheader("2 · The model")
+    if screen is None:
+        st.markdown("Choose a screen first.")
+        return
     run = widgets.run_picker(screen)
     if run is None:
         st.markdown("No model is ready for this screen yet.")
         trainings_in_progress()
-        if screen is not None and st.button("Train a model on this screen now (demo preset, a few minutes)",
-                                            type="primary"):
-            try:
-                job = training.start_training(screen.path, f"demo-{len(training.trainings()) + 1}", preset="demo",
-                                              screen_options=st.session_state.get("screen_options"))
-                st.success(f"Training started in the background: run `{job.name}`. Follow it on the Train page.")
-            except LCDError as e:
-                widgets.show_error(e, "Training could not start")
+        quick_train(screen)
         st.page_link("pages/4_Train.py", label="Train page", icon=":material/model_training:")
         return
     model = widgets.require_model(screen, run)
@@ -186,7 +268,7 @@ def home() -> None:
     info = model.info
     st.success(f"Model ready: `{Path(run).name}` · {len(model.genes)} genes · {len(model.conditions)} training "
                f"conditions · {len(info.get('heldout', []))} held out · preset {info.get('preset')} · seed {info.get('seed')}")
-    if screen is not None and not state.same_genes(model, screen):
+    if not state.same_genes(model, screen):
         st.warning("This run models other genes than the selected screen: predictions work, comparisons with "
                    "observed cells and the benchmark need the screen the run was trained on.")
     fit_sentence(run)

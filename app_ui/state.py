@@ -78,12 +78,30 @@ def _load_screen(path: str, stamp: tuple[int, int], options: tuple[tuple[str, st
 
 def load_screen(path: str | Path, options: dict | None = None):
     """The validated :class:`~lcd_core.data.Screen` at ``path``, cached per file version and reading
-    options (``perturbation_key``, ``control_label``, ``combo_sep``; empty ones are auto-detected)."""
+    options (``perturbation_key``, ``control_label``, ``combo_sep``: empty ones are auto-detected;
+    ``subset``: a tuple of ``"key=value"`` contexts to keep)."""
     p = Path(path)
-    if not p.exists():
-        raise LCDError(f"no file at {p}; check the path")
-    opts = tuple(sorted((k, v) for k, v in (options or {}).items() if v))
+    if not p.is_file():
+        raise LCDError(f"no file at {p}; check the path" if not p.exists() else f"{p} is a folder, not an .h5ad file")
+    opts = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in (options or {}).items() if v))
     return _load_screen(str(p.resolve()), _stamp(p), opts)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _file_contexts(path: str, stamp: tuple[int, int]) -> list:
+    from lcd_core.data import contexts_in_file
+
+    return contexts_in_file(path)
+
+
+def file_contexts(path: str | Path) -> list:
+    """The obs columns of an .h5ad file that split its cells into contexts (cell types, replicates…);
+    ``[]`` when the file cannot be read (reading it reports why)."""
+    p = Path(path)
+    try:
+        return _file_contexts(str(p.resolve()), _stamp(p))
+    except (LCDError, OSError):
+        return []
 
 
 @st.cache_resource
@@ -155,9 +173,14 @@ def list_runs() -> list[RunInfo]:
 
 
 def default_run(screen) -> Path | None:
-    """The shipped run of the screen (demo or real) if it fits, else the newest complete run trained on it."""
-    same = [r for r in list_runs() if r.complete and screen is not None and r.data_hash == screen.data_hash]
-    return same[0].path if same else None
+    """The shipped run of the screen (demo or real) if it fits, else the newest complete run trained on
+    it, else the newest one that models the same genes; ``None`` when no run belongs to the screen."""
+    runs = [r for r in list_runs() if r.complete]
+    for fit in ("same screen", "same genes"):
+        same = [r for r in runs if run_fits(r, screen) == fit]
+        if same:
+            return same[0].path
+    return None
 
 
 def run_key(path: str | Path) -> tuple[str, str]:
@@ -184,6 +207,25 @@ def load_model(path: str | Path):
 
 def same_genes(model, screen) -> bool:
     return screen is not None and list(model.genes) == list(screen.genes)
+
+
+def run_fits(run: RunInfo, screen) -> str:
+    """How a run relates to a screen: ``"same screen"`` (trained on it), ``"same genes"`` (its genes,
+    another file or context: predictions and comparisons work) or ``"other genes"``."""
+    if screen is None:
+        return "other genes"
+    if run.data_hash is not None and run.data_hash == screen.data_hash:
+        return "same screen"
+    genes = run.config.get("genes") or []
+    return "same genes" if list(map(str, genes)) == [str(g) for g in screen.genes] else "other genes"
+
+
+def clear_screen() -> None:
+    """Forget the session's screen and run (after a file that could not be read), so that no page
+    shows the previous screen's numbers or model."""
+    st.session_state["screen_path"] = None
+    st.session_state["screen_options"] = {}
+    st.session_state["run_path"] = None
 
 
 # ------------------------------------------------------------------------------------------ session

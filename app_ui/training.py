@@ -26,11 +26,13 @@ def start_training(screen_path: str | Path, name: str, *, preset: str = DEFAULT_
                    backend: str = "local", ray_address: str | None = None, overrides: list[str] | None = None,
                    holdout: str | None = None, seed: int = 0, screen_options: dict | None = None) -> DetachedJob:
     """Start ``lcd train`` into ``runs/<name>`` in its own process; ``screen_options``: how the screen
-    was read on Home (``perturbation_key``, ...)."""
+    was read on Home (``perturbation_key``, ..., and ``subset``: the ``"key=value"`` contexts chosen)."""
+    read = {k: v for k, v in (screen_options or {}).items() if v}
+    subset = tuple(read.pop("subset", ()) or ())
     request = TrainRequest(screen=str(screen_path), out=str(settings().runs_dir / (name or "")), preset=preset,
                            device=device, backend=backend, ray_address=ray_address, holdout=holdout, seed=int(seed),
                            overrides=tuple(overrides or ()),
-                           read_options={k: v for k, v in (screen_options or {}).items() if v})
+                           read_options=read, subset=subset)
     return submit_detached(request, jobs_dir=jobs_dir(), name=name, python=settings().python, env=_process_env(),
                            cwd=ROOT)
 
@@ -46,19 +48,62 @@ def trainings() -> list[DetachedJob]:
     return list_detached(jobs_dir())
 
 
-def training_progress(job: DetachedJob) -> dict:
-    """Stage, step, total, loss, ETA (s) and the loss history of a training, from its log.jsonl."""
-    from lcd_core.model import RunDir
-    from lcd_core.train import last_progress
+def _stage_totals(run) -> dict[str, int]:
+    """Steps of each training stage, in order, from the run's config.json (written when it starts)."""
+    try:
+        cfg = run.read_config().get("config") or {}
+    except Exception:  # noqa: BLE001  (not written yet, or being written: no totals yet)
+        return {}
+    return {s: int(cfg[s]["steps"]) for s in ("stage1", "stage2") if isinstance(cfg.get(s), dict) and "steps" in cfg[s]}
 
-    log = RunDir(job.out).read_log()
+
+def _earlier_rates(job: DetachedJob) -> tuple[dict[str, float], str | None]:
+    """Seconds per step of each stage in the newest finished training of the same preset and device."""
+    from lcd_core.model import RunDir
+    from lcd_core.train import stage_rates
+
+    for other in trainings():
+        if other.name != job.name and other.state == "complete" and other.request.preset == job.request.preset \
+                and other.request.device == job.request.device:
+            rates = stage_rates(RunDir(other.out).read_log())
+            if rates:
+                return rates, other.name
+    return {}, None
+
+
+def training_progress(job: DetachedJob) -> dict:
+    """Stage, step, total, loss, the ETAs (s) of the stage and of the whole training, and the loss
+    history of a training, from its log.jsonl (stages not timed yet: the rate of an earlier run of the
+    same preset, else left out and named in ``untimed``)."""
+    from lcd_core.model import RunDir
+    from lcd_core.train import last_progress, overall_eta
+
+    run = RunDir(job.out)
+    log = run.read_log()
     last, eta = last_progress(log)
-    out = {"stage": None, "step": 0, "total": 0, "loss": None, "eta": eta,
+    totals = _stage_totals(run)
+    rates, rates_from = _earlier_rates(job) if job.state == "running" else ({}, None)
+    total_eta, untimed = overall_eta(log, totals, rates=rates) if totals else (None, [])
+    out = {"stage": None, "step": 0, "total": 0, "loss": None, "eta": eta, "eta_total": total_eta,
+           "untimed": untimed, "rates_from": rates_from,
            "history": pd.DataFrame([r for r in log if r.get("event") == "progress"]), "tail": ""}
     if last is not None:
         out.update(stage=last.stage, step=last.step, total=last.total, loss=last.loss)
     out["tail"] = job.log_tail()
     return out
+
+
+def eta_text(prog: dict) -> str:
+    """One overall ETA for the progress line (all stages), saying what it does not count yet."""
+    if prog.get("eta_total") is None:
+        return f"ETA {fmt_seconds(prog.get('eta'))} (this stage)"
+    if prog.get("untimed"):  # a lower bound: say which stages it leaves out
+        return (f"ETA at least {fmt_seconds(prog['eta_total'])} for the whole training "
+                f"({', '.join(prog['untimed'])} not timed yet)")
+    text = f"ETA {fmt_seconds(prog['eta_total'])} for the whole training"
+    if prog.get("rates_from") and prog.get("stage") != "stage2":
+        text += f" (later stages timed on run {prog['rates_from']})"
+    return text
 
 
 def fmt_seconds(s: float | None) -> str:

@@ -55,26 +55,38 @@ def page_setup(title: str, icon: str = "🧬", *, run_in_sidebar: bool = True) -
     return screen, state.current_run()
 
 
+#: the run picker's entry for "no model": a screen that no run belongs to does not get another screen's model
+NO_RUN = ""
+
+
 def run_picker(screen, *, where: str = "main") -> str | None:
-    """Select box over complete runs (runs trained on this screen first); stores ``run_path``."""
+    """Select box over complete runs, those that belong to the screen first (trained on it, or on the
+    same genes); others are marked "(other genes)". When none belongs to the screen, the first entry is
+    "no model", so an uploaded screen never silently gets the demo's model. Stores ``run_path``."""
     box = st.sidebar if where == "sidebar" else st
     runs = [r for r in state.list_runs() if r.complete]
-    if screen is not None:
-        runs.sort(key=lambda r: r.data_hash != screen.data_hash)
+    fits = {str(r.path): state.run_fits(r, screen) for r in runs}
+    order = {"same screen": 0, "same genes": 1, "other genes": 2}
+    runs.sort(key=lambda r: order[fits[str(r.path)]])
     if not runs:
         box.warning("No trained model yet: train one on the **Train** page (the demo preset takes minutes on a CPU).")
         st.session_state["run_path"] = None
         return None
     paths = [str(r.path) for r in runs]
-    names = {str(r.path): r.name + ("" if screen is None or r.data_hash == screen.data_hash else " (other screen)")
+    names = {str(r.path): r.name + {"same screen": "", "same genes": " (same genes)",
+                                    "other genes": " (other genes: not this screen's model)"}[fits[str(r.path)]]
              for r in runs}
-    cur = st.session_state.get("run_path")
+    if screen is not None and fits[paths[0]] == "other genes":
+        paths.insert(0, NO_RUN)
+        names[NO_RUN] = "none: no model belongs to this screen yet (train one)"
+    cur = st.session_state.get("run_path") or NO_RUN
     index = paths.index(cur) if cur in paths else 0
     # no widget key: the value lives in session_state["run_path"], so it survives page switches
     choice = box.selectbox("Model (run)", paths, index=index, format_func=lambda p: names[p],
-                           help="Runs in the runs/ folder and the shipped demo run. Train new ones on the Train page.")
-    st.session_state["run_path"] = choice
-    return choice
+                           help="Runs in the runs/ folder and the shipped runs; those trained on this screen "
+                                "(or on its genes) first. Train new ones on the Train page.")
+    st.session_state["run_path"] = choice or None
+    return choice or None
 
 
 def require_model(screen, run_path: str | None):
@@ -89,6 +101,18 @@ def require_model(screen, run_path: str | None):
     except LCDError as e:
         show_error(e, "The model could not be loaded")
         return None
+
+
+def dashes(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """A table for display: numbers rounded to ``digits`` significant digits, missing values as "–"
+    (Streamlit would print "None"); the downloads keep the numbers."""
+    out = df.copy()
+    for c in out.columns:
+        if pd.api.types.is_float_dtype(out[c]):
+            out[c] = [("–" if pd.isna(v) else f"{v:.{digits}g}") for v in out[c]]
+        elif out[c].dtype == object:
+            out[c] = out[c].map(lambda v: "–" if v is None or (isinstance(v, float) and pd.isna(v)) else v)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ exports

@@ -74,3 +74,60 @@ def last_progress(log: list[dict]) -> tuple[Progress | None, float | None]:
         rate = (same[-1]["time"] - same[0]["time"]) / (same[-1]["step"] - same[0]["step"])
         eta = max(0.0, rate * (p.total - p.step))
     return p, eta
+
+
+def stage_rates(log: list[dict]) -> dict[str, float]:
+    """Seconds per step of each stage of a run's ``log.jsonl`` records, from the wall times of its
+    progress reports (stages with fewer than two timed reports are left out)."""
+    by_stage: dict[str, list[dict]] = {}
+    for r in log:
+        if r.get("event") == "progress" and "time" in r:
+            by_stage.setdefault(str(r.get("stage")), []).append(r)
+    out = {}
+    for stage, rows in by_stage.items():
+        if len(rows) >= 2 and rows[-1]["step"] > rows[0]["step"]:
+            out[stage] = (rows[-1]["time"] - rows[0]["time"]) / (rows[-1]["step"] - rows[0]["step"])
+    return out
+
+
+def overall_eta(log: list[dict], totals: Mapping[str, int], *,
+                rates: Mapping[str, float] | None = None) -> tuple[float | None, list[str]]:
+    """Seconds left in a whole training: every stage of ``totals`` (in order), not only the current one.
+
+    Parameters
+    ----------
+    log
+        The run's ``log.jsonl`` records so far.
+    totals
+        Steps of each stage, in training order (``{"stage1": 250, "stage2": 5000}``: the run's
+        config.json).
+    rates
+        Seconds per step to assume for a stage that has not been timed yet in this run (e.g.
+        :func:`stage_rates` of an earlier run of the same preset); a stage timed in ``log`` uses its
+        own rate.
+
+    Returns
+    -------
+    ``(eta, untimed)``: seconds left (``None`` before the first timed report) and the stages left whose
+    time is unknown (not counted, so ``eta`` is then a lower bound).
+    """
+    own = stage_rates(log)
+    done: dict[str, int] = {}
+    for r in log:
+        if r.get("event") == "progress":
+            done[str(r.get("stage"))] = int(r.get("step", 0))
+        elif r.get("event") == "stage_done":
+            done[str(r.get("stage"))] = int(totals.get(str(r.get("stage")), 0))
+    if not own:
+        return None, [s for s in totals if done.get(s, 0) < totals[s]]
+    eta, untimed = 0.0, []
+    for stage, total in totals.items():
+        left = max(int(total) - done.get(stage, 0), 0)
+        if not left:
+            continue
+        rate = own.get(stage, (rates or {}).get(stage))
+        if rate is None:
+            untimed.append(stage)
+        else:
+            eta += rate * left
+    return eta, untimed

@@ -10,7 +10,11 @@ from app_ui import results, state, widgets
 from lcd_core import LCDError
 from lcd_core.clipr import CLIPR, VARIANTS
 from lcd_core.pl import ego_graph, ego_network
-from lcd_core.tl import causal_recovery, edge_precision_recall, effects_long
+from lcd_core.tl import (READABLE_EDGES, causal_recovery, edge_precision_recall, effects_long, readable_gene,
+                         top_k_threshold, write_graphml)
+
+#: choices of the edge control: the strongest k edges of the whole matrix
+TOP_K = [10, 25, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000]
 
 
 def truth_matrix(screen, model) -> np.ndarray | None:
@@ -45,14 +49,22 @@ def main() -> None:
     for w in res.warnings[:3]:
         st.caption(f"⚠ {w}")
 
+    n_off = off.size
+    choices = [k for k in TOP_K if k < n_off] + [n_off]
+    default_k = min(choices, key=lambda k: abs(k - 5 * len(genes)))  # about five edges per gene on average
     c1, c2 = st.columns([1, 2])
-    default_gene = genes[int(np.argmax(np.abs(E).sum(0) + np.abs(E).sum(1)))]
-    gene = c1.selectbox("Gene", genes, index=genes.index(default_gene), key="cg_gene",
-                        help="Type to search.")
-    # default: about five edges per gene on average, so an ego network stays readable
-    default_thr = float(np.quantile(off, max(0.9, 1 - 5 / max(len(genes), 1)))) if off.size else 0.0
-    threshold = c2.slider("Edge threshold |effect| >", 0.0, vmax, min(default_thr, vmax), vmax / 200 or 0.01,
-                          format="%.4f", key="cg_threshold")
+    top_k = c2.select_slider("Edges shown: the strongest k of the matrix", choices, value=default_k, key="cg_top_k",
+                             format_func=lambda k: f"{k:,}" + (" (all)" if k == n_off else ""),
+                             help="Sets the |effect| threshold so that the k strongest gene-to-gene effects are "
+                                  "edges (rank-based: the raw |effect| scale depends on the run).")
+    threshold = top_k_threshold(E, top_k)
+    default_gene = results.memo(("cg_default_gene", state.run_key(run), variant, lam, top_k),
+                                lambda: readable_gene(E, genes, threshold))
+    if st.session_state.get("cg_gene") not in genes:  # first visit, or another run: a readable neighbourhood
+        st.session_state["cg_gene"] = default_gene
+    gene = c1.selectbox("Gene", genes, key="cg_gene",
+                        help=f"Opens on the gene with the most edges among those with at most {READABLE_EDGES} "
+                             f"(a readable neighbourhood: {default_gene} here). Type to search.")
     truth = results.memo(("truth", state.run_key(run), getattr(screen, "data_hash", None)), lambda: truth_matrix(screen, model))
     overlay = st.checkbox("Overlay the true graph (simulated screen)", value=truth is not None,
                           disabled=truth is None, key="cg_truth",
@@ -61,16 +73,19 @@ def main() -> None:
     edges = effects_long(E, genes, threshold=threshold)
     n_edges = len(edges)
     G = ego_graph(E, genes, gene, threshold=threshold, truth=truth if overlay else None)
-    regs = [u for u, _ in G.in_edges(gene)]
-    tgts = [v for _, v in G.out_edges(gene)]
+    regs = [u for u, _, d in G.in_edges(gene, data=True) if not d.get("missed")]
+    tgts = [v for _, v, d in G.out_edges(gene, data=True) if not d.get("missed")]
+    missed = sum(1 for *_, d in G.edges(data=True) if d.get("missed"))
     m = st.columns(4)
     m[0].metric("edges above threshold", n_edges)
     m[1].metric(f"regulators of {gene}", len(regs))
     m[2].metric(f"targets of {gene}", len(tgts))
     m[3].metric("genes", len(genes))
-    st.plotly_chart(ego_network(G, gene, title=f"{gene}: regulators → {gene} → targets"), key="ego_chart")
-    st.caption("Red: activation, blue: repression; width ∝ |effect|"
-               + ("; dashed: edge absent from the truth." if overlay and truth is not None else "."))
+    st.plotly_chart(ego_network(G, gene, title=f"{gene}: regulators → {gene} → targets"), key="ego_chart",
+                    config={"displaylogo": False})
+    st.caption(f"Threshold |effect| > {threshold:.3g}. Vermilion: activation, blue: repression; width ∝ |effect|"
+               + (f"; dashed: {missed} true edge(s) of {gene} the model missed (coloured by the true sign); "
+                  "dotted: estimated edge absent from the truth." if overlay and truth is not None else "."))
 
     if overlay and truth is not None:
         st.subheader("Recovery of the true graph")
@@ -91,10 +106,25 @@ def main() -> None:
     only_gene = st.checkbox(f"Only edges of {gene}", value=False, key="cg_only_gene")
     table = edges[(edges["source"] == gene) | (edges["target"] == gene)] if only_gene else edges
     st.dataframe(table.head(500), hide_index=True, key="edge_table")
-    prov = widgets.provenance(screen, run, variant=variant, lam=lam, threshold=threshold)
-    st.download_button(f"Download {len(table)} edges (CSV)", widgets.csv_bytes(table),
+    prov = widgets.provenance(screen, run, variant=variant, lam=lam, threshold=threshold, top_k=top_k)
+    d1, d2, d3 = st.columns(3)
+    d1.download_button(f"Download {len(table)} edges (CSV)", widgets.csv_bytes(table),
                        file_name=f"effects_{variant}.csv", mime="text/csv", key="dl_edges")
-    widgets.provenance_button(prov, f"effects_{variant}.csv", key="dl_edges_prov")
+    widgets.provenance_button(prov, f"effects_{variant}.csv", key="dl_edges_prov", where=d2)
+    d3.download_button(f"Graph of the {n_edges:,} edges (GraphML, for Cytoscape)",
+                       results.memo(("cg_graphml", state.run_key(run), variant, lam, top_k),
+                                    lambda: graphml_bytes(E, genes, threshold, prov)),
+                       file_name=f"effects_{variant}_top{top_k}.graphml", mime="application/xml", key="dl_cg_graphml")
+
+
+def graphml_bytes(E: np.ndarray, genes: list[str], threshold: float, prov: dict) -> bytes:
+    """lcd_core.tl.write_graphml's file (provenance as graph attributes) as bytes for a download."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_graphml(Path(tmp) / "effects.graphml", E, genes, threshold=threshold, provenance=prov)
+        return path.read_bytes()
 
 
 try:

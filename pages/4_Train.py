@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_ui import state, training, widgets
+from app_ui import results, state, training, widgets
 from lcd_core import LCDError
 from lcd_core.model import DEFAULT_PRESET, PRESET_NAMES
 from lcd_core.pl import loss_curve
@@ -35,23 +35,62 @@ def ray_available() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
+def _set_holdout(text: str) -> None:
+    st.session_state["tr_holdout"] = st.session_state["_tr_holdout_saved"] = text
+
+
+def holdout_box(data) -> str | None:
+    """The held-out combinations: the proposal of lcd_core.pp.propose_heldout (the paper's split
+    protocol) for this screen, which the user can accept, edit or clear. Returns the comma-separated
+    labels, ``""`` for none, or ``None`` when the box holds labels the screen does not have."""
+    from lcd_core.pp import explicit_split, propose_heldout
+
+    proposal = results.memo(("heldout-proposal", data.data_hash), lambda: propose_heldout(data))
+    proposed = ", ".join(proposal["heldout"])
+    if st.session_state.get("_tr_holdout_for") != data.data_hash:  # a new screen: its own proposal
+        st.session_state["_tr_holdout_for"] = data.data_hash
+        st.session_state["_tr_holdout_saved"] = proposed
+    if "tr_holdout" not in st.session_state:  # back on the page: what the user left here
+        st.session_state["tr_holdout"] = st.session_state.get("_tr_holdout_saved", proposed)
+    st.markdown("**Held out for the benchmark** (never seen in training; Benchmark scores the model on them)")
+    st.caption(f"Proposed: {proposal['why']}")
+    text = st.text_area("Held-out combinations (comma-separated, e.g. A+B, C+D)", key="tr_holdout", height=68)
+    st.session_state["_tr_holdout_saved"] = text
+    c1, c2, _ = st.columns([1, 1, 3])
+    c1.button("Use the proposal", key="tr_holdout_propose", on_click=_set_holdout, args=(proposed,),
+              disabled=text.strip() == proposed)
+    c2.button("Hold out nothing", key="tr_holdout_clear", on_click=_set_holdout, args=("",), disabled=not text.strip())
+    labels = [c.strip() for c in text.replace("\n", ",").split(",") if c.strip()]
+    if not labels:
+        shipped = (getattr(data, "split", None) or {}).get("heldout")
+        st.caption("Empty: the screen's own split is used." if shipped is not None and len(shipped) else
+                   "Empty: nothing is held out, so Benchmark will have nothing to score for this run.")
+        return ""
+    try:
+        canon = explicit_split(data, labels)["test"]
+    except LCDError as e:
+        st.error(f"Held-out combinations: {e}")
+        return None
+    return ",".join(canon)
+
+
 def new_training(screen) -> None:
     st.subheader("New training")
     src = st.radio("Data", ["the current screen", "upload an .h5ad", "a path on this machine"], horizontal=True,
                    key="tr_src")
-    path = None
+    path, data = None, None
     if src == "the current screen":
         if screen is None or screen.path is None:
             st.warning("No screen is selected: choose one on Home.")
         else:
-            path = screen.path
+            path, data = screen.path, screen
             st.caption(f"`{screen.path}` · {screen.adata.n_obs:,} cells · {screen.adata.n_vars} genes")
     elif src == "upload an .h5ad":
         up = st.file_uploader(f"Screen (.h5ad, at most {widgets.upload_limit_mb()} MB)", key="tr_upload")
         if up is not None:
             try:
                 path = state.save_upload(up)
-                state.load_screen(path)
+                data = state.load_screen(path)
             except LCDError as e:
                 st.error(f"{up.name}: {e}")
                 path = None
@@ -59,10 +98,11 @@ def new_training(screen) -> None:
         typed = st.text_input("Path to an .h5ad file", key="tr_path")
         if typed:
             try:
-                state.load_screen(Path(typed).expanduser())
+                data = state.load_screen(Path(typed).expanduser())
                 path = Path(typed).expanduser()
             except LCDError as e:
                 st.error(f"{typed}: {e}")
+    holdout = holdout_box(data) if data is not None else ""
 
     c1, c2, c3 = st.columns(3)
     preset = c1.selectbox("Preset", PRESET_NAMES, index=PRESET_NAMES.index(DEFAULT_PRESET), key="tr_preset",
@@ -82,12 +122,11 @@ def new_training(screen) -> None:
     name = c1.text_input("Run name", key="tr_name")
     seed = int(c2.number_input("Seed", 0, 1_000_000, 0, key="tr_seed"))
     with st.expander("Advanced"):
-        holdout = st.text_input("Hold out combinations (A+B,C+D; empty: the screen's own split)", key="tr_holdout")
         overrides = st.text_area("Overrides, one key=value per line (e.g. stage2.steps=2000)", key="tr_overrides")
-    if st.button("Start training", type="primary", disabled=path is None, key="tr_start"):
+    if st.button("Start training", type="primary", disabled=path is None or holdout is None, key="tr_start"):
         try:
             job = training.start_training(path, name.strip(), preset=preset, device=device, backend=backend,
-                                          ray_address=ray_address, holdout=holdout.strip() or None, seed=seed,
+                                          ray_address=ray_address, holdout=holdout or None, seed=seed,
                                           overrides=[o.strip() for o in overrides.splitlines() if o.strip()],
                                           screen_options=st.session_state.get("screen_options")
                                           if src == "the current screen" else None)
@@ -117,7 +156,7 @@ def progress_panel() -> None:
                 loss = f"{prog['loss']:.4g}" if isinstance(prog["loss"], (int, float)) else "–"
                 st.progress(min(prog["step"] / total, 1.0),
                             text=f"{stage}: step {prog['step']}/{prog['total']} · loss {loss} · "
-                                 f"ETA {training.fmt_seconds(prog['eta'])} (this stage)")
+                                 f"{training.eta_text(prog)}")
                 if st.button("Cancel", key=f"cancel_{job.name}"):
                     job.cancel()
                     st.rerun(scope="app")
@@ -138,7 +177,8 @@ def progress_panel() -> None:
                     st.session_state["run_path"] = str(job.out)
                     st.rerun(scope="app")
             if len(prog["history"]):
-                st.plotly_chart(loss_curve(prog["history"]), key=f"loss_{job.name}")
+                st.plotly_chart(loss_curve(prog["history"]), key=f"loss_{job.name}",
+                                config={"displaylogo": False})
     if any(job.state == "running" for job in jobs):
         st.session_state["_was_training"] = True
     elif st.session_state.pop("_was_training", False):

@@ -6,7 +6,7 @@ import streamlit as st
 
 from app_ui import jobs, state, widgets
 from lcd_core import LCDError
-from lcd_core.metrics import summarize
+from lcd_core.metrics import SUMMARY_COLUMNS, metric_legend, summarize
 from lcd_core.pl import metric_bars
 
 PLOTTED = ["mmd", "energy", "wasserstein", "rmse", "pearson_delta", "pearson_systema", "de_auroc"]
@@ -47,6 +47,12 @@ def main() -> None:
         st.warning("The selected screen is not the one this run was trained on: choose it on Home to benchmark.")
         return
     held = [c for c in model.info.get("heldout", []) if c in set(screen.conditions)]
+    if not held:
+        st.info(f"Run `{run}` holds nothing out of this screen, so there is nothing it has not seen to score. On the "
+                "**Train** page, keep the proposed doubles in **Held out for the benchmark** (or list your own) and "
+                "train a new run; it appears in the model picker when it finishes.")
+        st.page_link("pages/4_Train.py", label="Go to Train", icon=":material/model_training:")
+        return
     st.markdown(f"**{len(held)} held-out conditions** of run `{run}` (never seen in training), each predicted by LCD "
                 "and by the baselines (control: no change; pooled perturbed cells; additive: control + sum of "
                 "single-gene shifts; linear), then compared with the observed cells.")
@@ -64,15 +70,23 @@ def main() -> None:
         return
     metric = st.selectbox("Metric", [m for m in PLOTTED if m in set(summ["metric"])], key="bm_metric")
     st.plotly_chart(metric_bars(summ, [metric], title=f"{metric}: mean ± s.e.m. over held-out conditions"),
-                    key="bm_bars")
+                    key="bm_bars", config={"displaylogo": False})
+    legend = metric_legend([metric])
+    st.caption(f"**{metric}**: {legend['measures'].iloc[0]}; **{legend['better'].iloc[0]} is better**.")
     st.subheader("Summary (all genes; `_top20`: the condition's top-20 DE genes)")
-    shown = summ[summ["metric"].isin(PLOTTED + [f"{m}_top20" for m in PLOTTED])]
-    st.dataframe(shown, hide_index=True, key="bm_summary")
+    shown = summ[summ["metric"].isin(PLOTTED + [f"{m}_top20" for m in PLOTTED])].copy()
+    shown.insert(2, "better", ["lower" if v else "higher" for v in shown.pop("lower_is_better")])
+    help_ = {c: st.column_config.Column(help=h) for c, h in SUMMARY_COLUMNS.items() if c in shown.columns}
+    help_["better"] = st.column_config.Column(help="which direction of the metric is better")
+    st.dataframe(widgets.dashes(shown), hide_index=True, key="bm_summary", column_config=help_)
     st.caption("win_rate: % of held-out conditions where LCD beats that method (one-sided Wilcoxon p-value). "
                "calibrated_vs_additive / calibrated_vs_pooled: (u − b) / (r − b), 0 = as good as that baseline, "
-               "1 = as good as repeating the experiment (half the observed cells predicting the other half).")
+               "1 = as good as repeating the experiment (half the observed cells predicting the other half). "
+               "–: not defined (LCD against itself; too few cells to split for the replicate).")
+    with st.expander("What each metric measures, and which direction is better", expanded=False):
+        st.dataframe(metric_legend(PLOTTED), hide_index=True, key="bm_legend")
     st.subheader("Per condition")
-    st.dataframe(per, hide_index=True, key="bm_per_condition")
+    st.dataframe(widgets.dashes(per), hide_index=True, key="bm_per_condition")
     prov = widgets.provenance(screen, run, n_cells=int(n_cells), heldout=held)
     c1, c2, c3 = st.columns(3)
     c1.download_button("Per-condition table (CSV)", widgets.csv_bytes(per), "benchmark_per_condition.csv",

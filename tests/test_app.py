@@ -271,10 +271,11 @@ def test_causal_graph_threshold_changes_edges_and_download(app_env, capture_medi
     at = open_page(PAGES[1])
     assert_clean(at)
     n1 = int(metric(at, "edges above threshold"))
-    slider = at.slider(key="cg_threshold")
-    slider.set_value(slider.value * 0.3).run()
+    slider = at.select_slider(key="cg_top_k")
+    assert n1 == slider.value  # the control is a number of edges, not a raw |effect|
+    slider.set_value(200).run()
     n2 = int(metric(at, "edges above threshold"))
-    assert n2 > n1
+    assert n2 == 200 > n1
     assert "sign AUROC" in [m.label for m in at.metric]  # truth overlay on a simulated screen
     at.run()  # media of the last run is what the buttons point to
     data = download(at, "dl_edges", capture_media)
@@ -320,6 +321,7 @@ def test_modules_cut_height_changes_module_count_and_downloads(app_env, capture_
 #: every download button of the pages, by key: what its bytes are and the columns a table starts with
 DOWNLOADS = {"dl_shifts": ("csv", "gene"), "dl_whatif": ("csv", "gene"), "dl_edges": ("csv", "source"),
              "dl_modules": ("tsv", "gene"), "dl_effects": ("csv", "source"), "dl_graphml": ("graphml", None),
+             "dl_cg_graphml": ("graphml", None),
              "dl_bm_per": ("csv", "method"), "dl_bm_summary": ("csv", "metric"), "dl_h5ad": ("h5ad", None)}
 
 
@@ -376,10 +378,18 @@ def test_benchmark_table(app_env):
     summ = find_df(at, "calibrated_vs_additive")
     assert {"mean", "calibrated_vs_additive", "calibrated_vs_pooled"} <= set(summ.columns)
     rows = summ.set_index(["metric", "method"])
-    assert rows.loc[("rmse_top20", "additive"), "calibrated_vs_additive"] == 0.0
-    assert rows.loc[("rmse_top20", "pooled"), "calibrated_vs_pooled"] == 0.0
-    assert np.isfinite(rows.loc[("rmse_top20", "lcd"), "calibrated_vs_additive"])
+    assert float(rows.loc[("rmse_top20", "additive"), "calibrated_vs_additive"]) == 0.0
+    assert float(rows.loc[("rmse_top20", "pooled"), "calibrated_vs_pooled"]) == 0.0
+    assert np.isfinite(float(rows.loc[("rmse_top20", "lcd"), "calibrated_vs_additive"]))
     assert any("as good as repeating the experiment" in c.value for c in at.caption)
+    # no "None" cells: undefined values read "–" (LCD's win rate against itself)
+    assert not summ.isna().any().any() and rows.loc[("mmd", "lcd"), "win_rate"] == "–"
+    assert set(summ["better"]) == {"lower", "higher"}
+    # each metric says what it measures and which direction is better
+    legend = next(d.value for d in at.dataframe if "measures" in d.value.columns)
+    assert legend.set_index("metric").loc["mmd", "better"] == "lower"
+    assert legend.set_index("metric").loc["pearson_delta", "better"] == "higher"
+    assert any("lower is better" in c.value for c in at.caption)
 
 
 def test_train_page_starts_follows_and_lists_run(app_env):

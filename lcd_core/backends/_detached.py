@@ -53,6 +53,7 @@ class TrainRequest:
     seed: int = 0
     overrides: tuple[str, ...] = ()  # "key=value" settings of the training config (--set)
     read_options: dict = field(default_factory=dict)  # READ_OPTIONS of the screen, when not auto-detected
+    subset: tuple[str, ...] = ()  # "key=value" contexts to keep (--subset; the cells of one cell type, ...)
 
     def argv(self, python: str = sys.executable) -> list[str]:
         """The command line that runs this request."""
@@ -64,6 +65,8 @@ class TrainRequest:
             cmd += ["--holdout-combos", self.holdout]
         for o in self.overrides:
             cmd += ["--set", o]
+        for kv in self.subset:
+            cmd += ["--subset", kv]
         for k, v in self.read_options.items():
             if v:
                 cmd += [f"--{k.replace('_', '-')}", str(v)]
@@ -71,7 +74,8 @@ class TrainRequest:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainRequest:
-        return cls(**{**d, "overrides": tuple(d.get("overrides", ())), "read_options": dict(d.get("read_options") or {})})
+        return cls(**{**d, "overrides": tuple(d.get("overrides", ())), "read_options": dict(d.get("read_options") or {}),
+                      "subset": tuple(d.get("subset") or ())})
 
 
 class DetachedJob(Job):

@@ -10,8 +10,8 @@ from ._calibrated import (REPLICATE, calibrate, calibrated_score, calibrated_sum
                           split_half_protocol)
 from ._de import de_recovery, top_de_genes
 from ._distribution import energy_distance, mmd, rbf_length_scales, wasserstein
-from ._evaluate import (METRIC_LOWER_IS_BETTER, SCORING, Scoring, evaluate_condition, lower_is_better,
-                        score_prediction, summarize)
+from ._evaluate import (METRIC_LOWER_IS_BETTER, METRIC_MEANINGS, SCORING, SUMMARY_COLUMNS, Scoring,
+                        evaluate_condition, lower_is_better, metric_legend, score_prediction, summarize)
 from ._means import pearson_delta, rmse
 from ._winrate import WinRate, win_rate
 
@@ -33,6 +33,9 @@ __all__ = [
     "summarize",
     "lower_is_better",
     "METRIC_LOWER_IS_BETTER",
+    "METRIC_MEANINGS",
+    "SUMMARY_COLUMNS",
+    "metric_legend",
     "REPLICATE",
     "split_half",
     "condition_rng",

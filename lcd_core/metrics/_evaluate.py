@@ -32,6 +32,52 @@ METRIC_LOWER_IS_BETTER: dict[str, bool] = {
 
 _TOP_SUFFIX = re.compile(r"_top\d+$")
 
+#: what each metric measures, in one sentence for a reader of the Benchmark page (same keys as
+#: :data:`METRIC_LOWER_IS_BETTER`; the direction is that dict's)
+METRIC_MEANINGS: dict[str, str] = {
+    "mmd": "distance between the predicted and observed cell populations (MMD², RBF kernels at 10 scales)",
+    "energy": "distance between the predicted and observed cell populations (energy distance)",
+    "wasserstein": "per-gene distance between predicted and observed expression distributions, averaged",
+    "rmse": "error of the predicted mean expression against the observed mean",
+    "pearson_delta": "correlation of predicted and observed mean shifts from control",
+    "pearson_systema": "correlation of the shifts from the mean of training perturbations (less inflated "
+                       "than pearson_delta by the shift all perturbations share)",
+    "de_auroc": "how well the predicted |shift| ranks the observed top-100 DE genes first (AUROC; 0.5: chance)",
+    "de_ap": "the same ranking as de_auroc, as average precision",
+}
+#: the summary table's other columns (lcd_core.metrics.summarize, the app's calibrated columns)
+SUMMARY_COLUMNS: dict[str, str] = {
+    "mean": "mean of the metric over held-out conditions",
+    "sem": "standard error of that mean",
+    "n": "conditions scored",
+    "win_rate": "% of held-out conditions where LCD beats this method (– on LCD's own row)",
+    "tie_rate": "% of conditions where LCD and this method score the same",
+    "p_value": "one-sided Wilcoxon signed-rank p-value that LCD beats this method",
+    "n_pairs": "conditions compared for the win rate",
+    "calibrated_vs_additive": "(u − b) / (r − b) against the additive baseline b and the replicate r: "
+                              "0 = as good as additive, 1 = as good as repeating the experiment",
+    "calibrated_vs_pooled": "the same against the pooled-cells baseline",
+}
+
+
+def metric_legend(metrics: list[str] | None = None) -> pd.DataFrame:
+    """One row per metric: what it measures and which direction is better (``_top<k>`` names: the same
+    metric on the condition's top-k DE genes).
+
+    Returns
+    -------
+    DataFrame with columns ``metric``, ``measures``, ``better`` (``"lower"`` / ``"higher"``).
+    """
+    rows = []
+    for m in metrics if metrics is not None else list(METRIC_MEANINGS):
+        base = _TOP_SUFFIX.sub("", m)
+        if base not in METRIC_MEANINGS:
+            continue
+        top = _TOP_SUFFIX.search(m)
+        what = METRIC_MEANINGS[base] + (f", on the condition's top-{top.group()[4:]} DE genes" if top else "")
+        rows.append({"metric": m, "measures": what, "better": "lower" if METRIC_LOWER_IS_BETTER[base] else "higher"})
+    return pd.DataFrame(rows, columns=["metric", "measures", "better"])
+
 
 def lower_is_better(metric: str) -> bool | None:
     """Direction of a metric name from :func:`evaluate_condition` (``"mmd_top20"`` → True).

@@ -10,6 +10,7 @@ from ._enrichment import bh_adjust, enrich_modules, read_gmt
 from ._export import effects_long, provenance_json, provenance_path, write_effects_csv, write_graphml, write_modules_tsv
 from ._explore import baseline_predictions, compare_methods, double_interaction, fit_baselines, gene_shift_table
 from ._gi import interaction_map, interaction_shifts
+from ._graph_view import READABLE_EDGES, edge_counts, readable_gene, top_k_threshold
 from ._interactions import (DEFAULT_THRESHOLDS, INTERACTION_CLASSES, INTERACTION_COLUMNS, classify_interactions,
                             distance_correlation, interaction_from_cells, interaction_scores)
 from ._modules import UNASSIGNED, ModuleResult, find_modules, module_agreement, module_names, module_table, truth_gene_sets
@@ -17,6 +18,10 @@ from ._response import gene_response_table
 from ._recovery import causal_recovery, edge_precision_recall, sign_auroc, sign_macro_f1
 
 __all__ = [
+    "READABLE_EDGES",
+    "edge_counts",
+    "readable_gene",
+    "top_k_threshold",
     "CliprResult", "clipr_paper", "clipr_from_drift", "limit_responses",
     "clipr_directed", "clipr_directed_from_data", "interventional_inversion",
     "fixed_points", "whatif_shift",
