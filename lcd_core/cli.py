@@ -6,6 +6,9 @@ work. Heavy imports (torch, anndata) happen inside the commands so that ``lcd --
 Errors: an :class:`~lcd_core.errors.LCDError` (bad input, bad configuration) prints one line on stderr
 and exits 2; an unexpected exception prints one line and exits 1 (``LCD_DEBUG=1`` shows the traceback);
 Ctrl-C exits 130.
+
+(Over 400 lines on purpose: one small function per sub-command plus their argparse declarations, so the
+whole command-line contract of PRODUCT.md reads in one file; the work itself is in the engine.)
 """
 
 from __future__ import annotations
