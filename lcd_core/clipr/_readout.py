@@ -172,6 +172,9 @@ def _save(path: Path, result: CliprResult) -> None:
     np.savez(buf, A=result.A, b=result.b, c=result.c, L=result.L,
              V=result.V if result.V is not None else np.zeros((0, 0)),
              target_index=np.array([-1 if t is None else t for t in result.target_index]),
+             # what edge identifiability reads (lcd_core.clipr.identifiability): Σ (directed), s⁰ (paper)
+             Sigma=np.asarray(result.info.get("Sigma", np.zeros((0, 0)))),
+             ref=np.asarray(result.info["ref"]) if result.info.get("ref") is not None else np.zeros(0),
              meta=np.array(json.dumps({"params": result.params, "warnings": result.warnings}, default=str)))
     atomic_write_bytes(path, buf.getvalue())
 
@@ -182,5 +185,10 @@ def _load(path: Path) -> CliprResult:
         V = z["V"] if z["V"].size else None
         tidx = [None if t < 0 else int(t) for t in z["target_index"]]
         A = z["A"]
+        info = {"cache": str(path)}
+        if "Sigma" in z.files and z["Sigma"].size:
+            info["Sigma"] = z["Sigma"]
+        if "ref" in z.files and z["ref"].size:
+            info["ref"] = z["ref"]
         return CliprResult(effects=A.T.copy(), A=A, b=z["b"], c=z["c"], V=V, L=z["L"], target_index=tidx,
-                           params=meta["params"], warnings=meta["warnings"], info={"cache": str(path)})
+                           params=meta["params"], warnings=meta["warnings"], info=info)

@@ -1,0 +1,122 @@
+"""Issue 16: how sure is it? Edge identifiability, extrapolation flags, the shuffled-label null and the
+bootstrap confidence of directed CLIPR."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
+import pytest
+
+from lcd_core.clipr import clipr_directed, clipr_directed_from_data, identifiability
+from lcd_core.clipr._identify import unresolved_directed, unresolved_paper
+from lcd_core.clipr._result import CliprResult
+
+
+def _skew_block_system(d, unperturbed, rng):
+    """A Σ + Σ Aᵀ = −I with Σ = I: A = −I/2 + S, S skew and non-zero only among the unperturbed genes, so
+    that the perturbation of each other gene j moves only j (Δl_j ∝ e_j). Exact structure: every edge
+    between two unperturbed genes is set by the regulariser (only A_ij + A_ji is fixed), all others by the data."""
+    S = np.zeros((d, d))
+    u = np.asarray(unperturbed)
+    B = rng.normal(size=(u.size, u.size))
+    S[np.ix_(u, u)] = B - B.T
+    A = -0.5 * np.eye(d) + S
+    pert = np.setdiff1d(np.arange(d), u)
+    delta_L = np.zeros((d, pert.size))
+    delta_L[pert, np.arange(pert.size)] = rng.uniform(1, 3, pert.size)  # A Δl = −δ e_j: Δl = 2δ e_j
+    return A, np.eye(d), delta_L, pert
+
+
+@pytest.mark.parametrize("K", [4, 7, 8])
+def test_identified_set_of_a_constructed_system_is_exact(K):
+    d = 8
+    rng = np.random.default_rng(K)
+    unpert = np.sort(rng.permutation(d)[: d - K])
+    A, Sigma, dL, pert = _skew_block_system(d, unpert, rng)
+    means = np.concatenate([np.zeros((d, 1)), dL], axis=1)
+    res = clipr_directed_from_data(None, [None, *pert.tolist()], Sigma=Sigma, means=means, ridge=1e-12,
+                                   solver="dense")
+    ident = identifiability(res)
+    u = np.zeros(d, dtype=bool)
+    u[unpert] = True
+    both = np.outer(u, u) & ~np.eye(d, dtype=bool)
+    assert ident.labels.shape == (d, d)
+    assert (ident.labels[both] == "not identified").all()
+    assert (ident.labels[~both] == "identified").all()
+    np.testing.assert_allclose(ident.unresolved[both], 0.5, atol=1e-9)  # the direction, not the sum
+    m = d - K
+    assert ident.null_space_dim == m * (m - 1) // 2 and ident.rank == K
+    assert np.isclose(ident.unresolved.sum(), ident.null_space_dim)
+    if K >= d - 1:
+        assert ident.counts()["identified"] == d * (d - 1)
+    # the labels say the truth about the estimate: identified edges are exact, the others are not
+    err = np.abs(res.effects - A.T)
+    assert err[~both].max() < 1e-8
+    if both.any():
+        assert err[both].max() > 0.1
+    assert "not identified" in ident.summary() and ident.condition_number >= 1
+
+
+def test_unresolved_share_matches_the_projection_on_a_random_system():
+    """ρ_ij = ‖P_N e_ij‖² against the explicit null-space basis Q T Qᵀ Σ⁻¹ (T skew)."""
+    rng = np.random.default_rng(0)
+    d, K = 7, 3
+    M = rng.normal(size=(d, d))
+    Sigma = M @ M.T + d * np.eye(d)
+    dL = rng.normal(size=(d, K))
+    rho, info = unresolved_directed(Sigma, dL)
+    W = np.linalg.inv(Sigma)
+    U = np.linalg.svd(W @ dL)[0]
+    Q = U[:, K:]
+    m = d - K
+    basis = []
+    for a in range(m):
+        for b in range(a + 1, m):
+            T = np.zeros((m, m))
+            T[a, b], T[b, a] = 1, -1
+            basis.append((Q @ T @ Q.T @ W).ravel())
+    P = np.linalg.qr(np.array(basis).T)[0]
+    np.testing.assert_allclose(rho, (P**2).sum(1).reshape(d, d), atol=1e-10)
+    assert info["null_space_dim"] == m * (m - 1) // 2
+
+
+def test_paper_variant_edges_out_of_genes_outside_the_span_are_not_identified():
+    d = 6
+    L = np.zeros((d, 4))
+    L[[0, 1, 2], [1, 2, 3]] = [1.0, 2.0, 3.0]  # limit responses span e_0, e_1, e_2
+    rho, info = unresolved_paper(L)
+    assert info["rank"] == 3 and info["null_space_dim"] == d * 3
+    res = CliprResult(effects=np.zeros((d, d)), A=np.zeros((d, d)), b=np.zeros(d), c=np.zeros((d, 4)),
+                      V=np.zeros((d, 4)), L=L, target_index=[None, 0, 1, 2], params={"variant": "paper"})
+    ident = identifiability(res)
+    assert (ident.labels[:3] == "identified").all() and (ident.labels[3:] == "not identified").all()
+    assert "span of the limit responses" in ident.sentence("not identified")
+
+
+def test_exports_carry_the_identifiability_label(tmp_path):
+    import networkx as nx
+    import pandas as pd
+
+    from lcd_core.tl import effects_long, write_effects_csv, write_graphml
+
+    d = 5
+    rng = np.random.default_rng(2)
+    A, Sigma, dL, pert = _skew_block_system(d, [0, 1, 2], rng)
+    res = clipr_directed_from_data(None, [None, *pert.tolist()], Sigma=Sigma,
+                                   means=np.concatenate([np.zeros((d, 1)), dL], axis=1), solver="dense")
+    ident = identifiability(res)
+    genes = [f"g{i}" for i in range(d)]
+    effects = A.T + 0.01  # every off-diagonal entry kept
+    cols = {"identifiability": ident.labels}
+    df = effects_long(effects, genes, columns=cols)
+    row = df[(df.source == "g0") & (df.target == "g1")].iloc[0]
+    assert row["identifiability"] == "not identified"
+    assert df[(df.source == "g3") & (df.target == "g0")].iloc[0]["identifiability"] == "identified"
+    csv = pd.read_csv(write_effects_csv(tmp_path / "e.csv", effects, genes, columns=cols))
+    assert list(csv.columns) == ["source", "target", "effect", "identifiability"] and len(csv) == d * (d - 1)
+    G = nx.read_graphml(write_graphml(tmp_path / "e.graphml", effects, genes, columns=cols))
+    assert G.edges["g0", "g1"]["identifiability"] == "not identified"
+    assert G.edges["g4", "g0"]["identifiability"] == "identified"
