@@ -277,9 +277,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     with _backend(args) as backend:
         pred = backend.predict(args.run, labels, args.cells, sampler=args.sampler, n_evals=args.n_evals,
                                seed=args.seed, device=args.device, anchored=args.anchored)
-    for label, genes in pred.unseen.items():
-        print(f"lcd predict: note: {', '.join(genes)} in {label} never perturbed in training; "
-              "using the mean perturbation embedding", file=sys.stderr)
+    for label, sentence in pred.extrapolation.items():
+        print(f"lcd predict: extrapolation: {label}: {sentence}", file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     adata = pred.to_anndata(genes)

@@ -120,3 +120,47 @@ def test_exports_carry_the_identifiability_label(tmp_path):
     G = nx.read_graphml(write_graphml(tmp_path / "e.graphml", effects, genes, columns=cols))
     assert G.edges["g0", "g1"]["identifiability"] == "not identified"
     assert G.edges["g4", "g0"]["identifiability"] == "identified"
+
+
+# -- extrapolation flags (item 4) ----------------------------------------------------------------------------
+def test_extrapolation_notes_flag_unseen_genes_and_large_combinations():
+    from lcd_core.model import extrapolation_notes
+
+    notes = extrapolation_notes(["A", "A+B", "B+A+C", "A+Z", "ctrl"], {"A+Z": ["Z"]})
+    assert set(notes) == {"A+B+C", "A+Z"}  # labels in our (sorted) convention
+    assert "Z was never perturbed" in notes["A+Z"] and "mean of the trained perturbation embeddings" in notes["A+Z"]
+    assert "combination of 3 genes" in notes["A+B+C"]
+    assert extrapolation_notes(["A+B+C"], trained_order=3) == {}  # a screen with triples in training
+
+
+def test_predict_flags_extrapolation_on_stderr_and_in_the_file(tmp_path):
+    """`lcd predict` on the shipped demo run: a gene never perturbed in training and a triple are flagged on
+    stderr, in obs and in uns['lcd_extrapolation']; a trained single is not."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import anndata as ad
+
+    from lcd_core.model import LCD
+
+    root = Path(__file__).resolve().parents[1]
+    model = LCD.load(root / "assets" / "demo_run", device="cpu")
+    trained = model.trained_genes
+    never = next(g for g in model.pert_genes if g not in set(trained))
+    triple = "+".join(sorted(trained[:3]))
+    assert set(model.extrapolation([trained[0], never, triple])) == {never, triple}
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "pred.h5ad"
+    proc = subprocess.run([sys.executable, "-m", "lcd_core.cli", "predict", str(root / "assets" / "demo_run"),
+                           "--perturb", trained[0], "--perturb", never, "--perturb", triple, "--cells", "4",
+                           "--device", "cpu", "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    flagged = [ln for ln in proc.stderr.splitlines() if ln.startswith("lcd predict: extrapolation: ")]
+    assert len(flagged) == 2 and any(never in ln and "never perturbed" in ln for ln in flagged)
+    assert any(triple in ln and "combination of 3 genes" in ln for ln in flagged)
+    a = ad.read_h5ad(out)
+    assert set(a.uns["lcd_extrapolation"]) == {never, triple}
+    assert "never perturbed" in a.uns["lcd_extrapolation"][never]
+    per_label = a.obs.groupby("perturbation", observed=True)["extrapolation"].all()
+    assert not per_label[trained[0]] and per_label[never] and per_label[triple]
