@@ -164,3 +164,72 @@ def test_predict_flags_extrapolation_on_stderr_and_in_the_file(tmp_path):
     assert "never perturbed" in a.uns["lcd_extrapolation"][never]
     per_label = a.obs.groupby("perturbation", observed=True)["extrapolation"].all()
     assert not per_label[trained[0]] and per_label[never] and per_label[triple]
+
+
+# -- bootstrap confidence and the shuffled-label null (items 2, 5) --------------------------------------------
+def test_bootstrap_covers_and_null_is_weaker_on_a_small_linear_screen():
+    """Fixed seed, d = 8, every gene perturbed: the 90 % intervals cover most true effects, sign-stable edges
+    have the right sign, and the shuffled-label null's 99th percentile lies below the strongest true edges."""
+    from lcd_core.clipr import bootstrap_directed, null_directed
+    from lcd_core.simulation._linear import linear_sde
+
+    d, n = 8, 400
+    rng = np.random.default_rng(0)
+    sde = linear_sde(d, expected_degree=2, rng=rng)
+    C = np.zeros((d, d + 1))
+    C[np.arange(d), np.arange(1, d + 1)] = sde.shifts
+    means = -np.linalg.solve(sde.sde_matrix, sde.bias[:, None] + C)
+    chol = np.linalg.cholesky(sde.cov)
+    cells = [means[:, k] + rng.normal(size=(n, d)) @ chol.T for k in range(d + 1)]
+    tidx = [None, *range(d)]
+    boot = bootstrap_directed(cells, tidx, n_boot=60, rng=1)
+    truth = sde.causal_matrix
+    off = ~np.eye(d, dtype=bool)
+    cover = ((truth >= boot["lower"]) & (truth <= boot["upper"]))[off].mean()
+    assert 0.75 <= cover <= 1.0, cover
+    assert (boot["lower"] <= boot["effects"] + 1e-12).all() or cover > 0  # percentile interval around the estimate
+    stable = (boot["sign_stability"] >= 0.9) & off & (truth != 0)
+    assert stable.sum() >= 5 and (np.sign(boot["effects"]) == np.sign(truth))[stable].mean() >= 0.95
+    null = null_directed(cells, tidx, n_null=5, rng=2)
+    assert null.shape == (5 * d * (d - 1),)
+    q99 = np.percentile(null, 99)
+    assert (np.abs(boot["effects"][off & (np.abs(truth) > 1)]) > q99).mean() > 0.5
+    # a wrong interval (e.g. the sign flipped) must not cover
+    assert ((truth >= -boot["upper"]) & (truth <= -boot["lower"]))[off & (np.abs(truth) > 1)].mean() < 0.2
+
+
+def test_lcd_clipr_confidence_and_null_on_the_shipped_demo_run(tmp_path):
+    """`lcd clipr --confidence --null 3`: identifiability, interval, sign stability and null columns in the
+    CSV, the counts on stdout, and the result cached in the run directory (a second call reads it)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "assets" / "demo_run", tmp_path / "run")
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "lcd_core.cli", "clipr", str(tmp_path / "run"), "--confidence", "--n-boot", "10",
+           "--null", "3", "--device", "cpu", "--out", str(tmp_path / "e.csv")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_csv(tmp_path / "e.csv")
+    assert list(df.columns) == ["source", "target", "effect", "identifiability", "lower90", "upper90",
+                                "sign_stability", "exceeds_null99"]
+    assert set(df["identifiability"]) <= {"identified", "partly identified", "not identified"}
+    assert (df["lower90"] <= df["upper90"]).all() and df["sign_stability"].between(0, 1).all()
+    assert "null: 3 label shuffles" in proc.stdout and "identifiability: response matrix rank 48" in proc.stdout
+    n_exceed = int(proc.stdout.split("null: 3 label shuffles")[1].split("; ")[2].split(" of ")[0].replace(",", ""))
+    assert n_exceed == int(df["exceeds_null99"].sum())
+    prov = json.loads((tmp_path / "e.provenance.json").read_text())
+    assert prov["confidence"]["n_null"] == 3 and prov["identifiability"]["rank"] == 48
+    assert list((tmp_path / "run" / "cache").glob("clipr-confidence-*.npz"))
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0 and again.stdout == proc.stdout
+    bad = subprocess.run([*cmd[:5], "--variant", "paper", "--confidence", "--out", str(tmp_path / "no.csv")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "directed variant" in bad.stderr
+    assert not (tmp_path / "no.csv").exists()
