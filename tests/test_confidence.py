@@ -187,7 +187,6 @@ def test_bootstrap_covers_and_null_is_weaker_on_a_small_linear_screen():
     off = ~np.eye(d, dtype=bool)
     cover = ((truth >= boot["lower"]) & (truth <= boot["upper"]))[off].mean()
     assert 0.75 <= cover <= 1.0, cover
-    assert (boot["lower"] <= boot["effects"] + 1e-12).all() or cover > 0  # percentile interval around the estimate
     stable = (boot["sign_stability"] >= 0.9) & off & (truth != 0)
     assert stable.sum() >= 5 and (np.sign(boot["effects"]) == np.sign(truth))[stable].mean() >= 0.95
     null = null_directed(cells, tidx, n_null=5, rng=2)
