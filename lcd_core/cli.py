@@ -280,9 +280,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     with _backend(args) as backend:
         pred = backend.predict(args.run, labels, args.cells, sampler=args.sampler, n_evals=args.n_evals,
                                seed=args.seed, device=args.device, anchored=args.anchored)
-    for label, genes in pred.unseen.items():
-        print(f"lcd predict: note: {', '.join(genes)} in {label} never perturbed in training; "
-              "using the mean perturbation embedding", file=sys.stderr)
+    for label, sentence in pred.extrapolation.items():
+        print(f"lcd predict: extrapolation: {label}: {sentence}", file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     adata = pred.to_anndata(genes)
@@ -320,11 +319,19 @@ def clipr_options_of(args: argparse.Namespace) -> CliprOptions:
 
 
 def cmd_clipr(args: argparse.Namespace) -> None:
-    from .clipr import get_clipr
+    from .clipr import clipr_confidence, get_clipr, identifiability
     from .model import LCD
     from .tl import provenance_path, write_effects_csv
 
     options = clipr_options_of(args)
+    if (args.confidence or args.null) and args.backend == "ray":
+        raise ConfigError("--confidence / --null run locally (the resampling reuses the read-out's cells); "
+                          "drop --backend ray")
+    if (args.confidence or args.null) and (options.variant != "directed" or options.source == "fixed_points"):
+        raise ConfigError("--confidence / --null resample the cells directed CLIPR reads: use the directed variant "
+                          "with --source cells or data")
+    if args.n_boot < 2 or args.null < 0:
+        raise ConfigError(f"--n-boot must be at least 2 and --null at least 0, got {args.n_boot} and {args.null}")
     extra = {}
     if args.source == "data":
         from .data import read_screen
@@ -342,11 +349,35 @@ def cmd_clipr(args: argparse.Namespace) -> None:
         result = get_clipr(model, options, **extra)
     for w in result.warnings:
         print(f"lcd clipr: warning: {w}", file=sys.stderr)
+    columns, notes, prov_extra = {}, [], {}
+    try:
+        ident = identifiability(result)
+        columns["identifiability"] = ident.labels
+        notes.append(f"identifiability: {ident.summary()}")
+        prov_extra["identifiability"] = {"rank": ident.rank, "condition_number": ident.condition_number,
+                                         **ident.params, **ident.counts()}
+    except ConfigError as err:
+        print(f"lcd clipr: note: no identifiability labels: {err}", file=sys.stderr)
+    if args.confidence or args.null:
+        conf = clipr_confidence(model, options, n_boot=args.n_boot, n_null=args.null, **extra)
+        columns.update(conf.columns())
+        prov_extra["confidence"] = {"level": conf.level, "n_boot": conf.n_boot, "n_null": conf.n_null,
+                                    "null_quantiles": conf.null_quantiles.tolist()}
+        notes.append(f"confidence: {int(round(100 * conf.level))} % bootstrap intervals from {conf.n_boot} "
+                     f"resamples of the cells; {int((conf.sign_stability >= 0.9).sum() - len(model.genes))} edges "
+                     "with sign stability >= 0.9")
+        if conf.n_null:
+            d = len(model.genes)
+            notes.append(f"null: {conf.n_null} label shuffles; 99th percentile |edge| = {conf.null_threshold:.4g}; "
+                         f"{conf.n_exceeding():,} of {d * (d - 1):,} edges exceed it")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_effects_csv(out, result.effects, model.genes, provenance=_provenance(model, **options.to_dict()))
+    write_effects_csv(out, result.effects, model.genes, columns=columns,
+                      provenance=_provenance(model, **options.to_dict(), **prov_extra))
     print(f"wrote {out}: {len(model.genes)}x{len(model.genes)} effects (rows = sources), variant={options.variant}; "
           f"provenance in {provenance_path(out).name}")
+    for line in notes:
+        print(line)
 
 
 def cmd_modules(args: argparse.Namespace) -> None:
@@ -523,7 +554,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "large d), or from the measured cells of --data (runs without a count model)")
     p.add_argument("--data", help="the training screen (with --source data)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, help="output CSV: source,target,effect")
+    p.add_argument("--confidence", action="store_true",
+                   help="directed variant: bootstrap the read-out's cells within each condition (no retraining) for "
+                        "a 90%% interval and a sign stability per edge (columns lower90, upper90, sign_stability); "
+                        "cached in the run directory")
+    p.add_argument("--n-boot", type=int, default=100, help="bootstrap resamples of --confidence (default 100)")
+    p.add_argument("--null", type=int, default=0, metavar="N",
+                   help="directed variant: N shuffles of the condition labels give the edge strengths without "
+                        "perturbation signal; reports how many edges exceed its 99th percentile (column exceeds_null99)")
+    p.add_argument("--out", required=True,
+                   help="output CSV: source,target,effect,identifiability (+ the --confidence / --null columns)")
     _add_screen_keys(p)
     _add_backend(p)
     p.set_defaults(func=cmd_clipr)

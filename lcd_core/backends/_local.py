@@ -61,6 +61,7 @@ def merge_predictions(parts: list):
         out.latent.update(p.latent)
         out.unseen.update(p.unseen)
         out.counts.update(p.counts)
+        out.extrapolation.update(p.extrapolation)
     return out
 
 

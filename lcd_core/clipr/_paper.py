@@ -199,5 +199,5 @@ def clipr_from_drift(
     }
     return CliprResult(
         effects=A_hat.T.copy(), A=A_hat, b=b_hat, c=c_hat, V=V, L=L, target_index=tidx,
-        params=params, warnings=msgs, info={"fixed_points": fp_info, **info},
+        params=params, warnings=msgs, info={"fixed_points": fp_info, "ref": s0, **info},
     )

@@ -119,8 +119,23 @@ def get_clipr(model: LCD, options: CliprOptions | None = None, *, use_cache: boo
     return result
 
 
+def solver_args(opts: CliprOptions) -> dict:
+    """The keyword arguments of :func:`clipr_directed` that the options set."""
+    return {"weight_on_target": opts.weight_on_target, "ridge": opts.ridge, "tol": opts.solver_tol}
+
+
 def _directed(model: LCD, labels, target_index, opts: CliprOptions, predict, screen) -> CliprResult:
-    solver = {"weight_on_target": opts.weight_on_target, "ridge": opts.ridge, "tol": opts.solver_tol}
+    solver = solver_args(opts)
+    predict = predict or (lambda lab, n, seed: model.predict(lab, n, seed=seed))
+    if opts.source == "fixed_points":
+        return _fixed_points_directed(model, labels, target_index, opts, predict, solver)
+    return clipr_directed_from_data(directed_cells(model, labels, opts, predict, screen), target_index, **solver)
+
+
+def directed_cells(model: LCD, labels, opts: CliprOptions, predict=None, screen=None) -> list[np.ndarray]:
+    """The per-condition latent states directed CLIPR reads for ``source="cells"`` (generated, the read-out's
+    seed: the same cells as :func:`get_clipr`) or ``"data"`` (measured): one ``(n_q, d)`` float64 array per
+    label, control first. What the bootstrap and the shuffled-label null resample (:mod:`._confidence`)."""
     predict = predict or (lambda lab, n, seed: model.predict(lab, n, seed=seed))
     if opts.source == "data":
         if screen is None:
@@ -132,26 +147,30 @@ def _directed(model: LCD, labels, target_index, opts: CliprOptions, predict, scr
         if missing or list(screen.genes) != list(model.genes):
             raise ConfigError("source='data' needs the run's own screen: "
                               + (f"no cells of {', '.join(missing[:5])}" if missing else "other genes than the run's"))
-        return clipr_directed_from_data([screen.log1p(c).astype(np.float64) for c in labels], target_index, **solver)
-    if opts.source == "fixed_points":
-        L, fp_info = limit_responses(model.score_fn_for(labels), model.net.sde.sigmas.cpu().numpy(), model.mu,
-                                     model.sd, len(labels), schedule=opts.schedule, max_steps=opts.max_steps,
-                                     tol=opts.fixed_point_tol, device=model.device, names=labels)
-        # one condition's covariance: more cells than the K + 1 pooled ones of "cells" need for the same
-        # precision (on the d = 20 pipeline test, AUROC 0.85 from 300 control cells, 0.89 from 2000), and
-        # more than d to be full rank
-        n_ctrl = max(opts.n_cells, 2000, 2 * model.n_genes)
-        ctrl = predict([KEYS.CONTROL], n_ctrl, opts.seed).latent[KEYS.CONTROL].astype(np.float64)
-        result = clipr_directed_from_data(None, target_index, means=L, Sigma=np.cov(ctrl, rowvar=False), **solver)
-        result.info["fixed_points"] = fp_info
-        result.params["fixed_point_tol"] = fp_info["tol"]
-        note = convergence_warning(fp_info, labels)
-        if note:  # the limit responses are this source's means: the same warning as the paper variant's
-            result.warnings.append(note)
-            warnings.warn(note, stacklevel=3)
-        return result
+        return [screen.log1p(c).astype(np.float64) for c in labels]
+    if opts.source != "cells":
+        raise ConfigError(f"per-condition cells exist for source='cells' or 'data', not {opts.source!r}")
     pred = predict(labels, opts.n_cells, opts.seed)
-    return clipr_directed_from_data([pred.latent[lbl].astype(np.float64) for lbl in labels], target_index, **solver)
+    return [pred.latent[lbl].astype(np.float64) for lbl in labels]
+
+
+def _fixed_points_directed(model: LCD, labels, target_index, opts: CliprOptions, predict, solver) -> CliprResult:
+    L, fp_info = limit_responses(model.score_fn_for(labels), model.net.sde.sigmas.cpu().numpy(), model.mu,
+                                 model.sd, len(labels), schedule=opts.schedule, max_steps=opts.max_steps,
+                                 tol=opts.fixed_point_tol, device=model.device, names=labels)
+    # one condition's covariance: more cells than the K + 1 pooled ones of "cells" need for the same
+    # precision (on the d = 20 pipeline test, AUROC 0.85 from 300 control cells, 0.89 from 2000), and
+    # more than d to be full rank
+    n_ctrl = max(opts.n_cells, 2000, 2 * model.n_genes)
+    ctrl = predict([KEYS.CONTROL], n_ctrl, opts.seed).latent[KEYS.CONTROL].astype(np.float64)
+    result = clipr_directed_from_data(None, target_index, means=L, Sigma=np.cov(ctrl, rowvar=False), **solver)
+    result.info["fixed_points"] = fp_info
+    result.params["fixed_point_tol"] = fp_info["tol"]
+    note = convergence_warning(fp_info, labels)
+    if note:  # the limit responses are this source's means: the same warning as the paper variant's
+        result.warnings.append(note)
+        warnings.warn(note, stacklevel=3)
+    return result
 
 
 def _cache_path(model: LCD, opts: CliprOptions) -> Path | None:
@@ -172,6 +191,9 @@ def _save(path: Path, result: CliprResult) -> None:
     np.savez(buf, A=result.A, b=result.b, c=result.c, L=result.L,
              V=result.V if result.V is not None else np.zeros((0, 0)),
              target_index=np.array([-1 if t is None else t for t in result.target_index]),
+             # what edge identifiability reads (lcd_core.clipr.identifiability): Σ (directed), s⁰ (paper)
+             Sigma=np.asarray(result.info.get("Sigma", np.zeros((0, 0)))),
+             ref=np.asarray(result.info["ref"]) if result.info.get("ref") is not None else np.zeros(0),
              meta=np.array(json.dumps({"params": result.params, "warnings": result.warnings}, default=str)))
     atomic_write_bytes(path, buf.getvalue())
 
@@ -182,5 +204,10 @@ def _load(path: Path) -> CliprResult:
         V = z["V"] if z["V"].size else None
         tidx = [None if t < 0 else int(t) for t in z["target_index"]]
         A = z["A"]
+        info = {"cache": str(path)}
+        if "Sigma" in z.files and z["Sigma"].size:
+            info["Sigma"] = z["Sigma"]
+        if "ref" in z.files and z["ref"].size:
+            info["ref"] = z["ref"]
         return CliprResult(effects=A.T.copy(), A=A, b=z["b"], c=z["c"], V=V, L=z["L"], target_index=tidx,
-                           params=meta["params"], warnings=meta["warnings"], info={"cache": str(path)})
+                           params=meta["params"], warnings=meta["warnings"], info=info)

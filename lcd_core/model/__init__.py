@@ -5,6 +5,7 @@ from .._settings import DEFAULT_PRESET, PRESET_NAMES
 from ._presets import PRESETS, TrainConfig, apply_overrides, get_preset
 from ._run import RunDir
 from ..clipr import get_clipr, single_gene_conditions  # re-exported: CLIPR's home is lcd_core.clipr
+from ._extrapolation import extrapolation_notes
 from ._embedding import embedding_path, get_embedding
 from ._evaluate import (cell_eval_anndata, evaluate_folds, evaluate_run, h5ad_bytes, prediction_anndata,
                         summary_markdown, training_reference, write_report)
@@ -15,4 +16,4 @@ __all__ = ["LCD", "Prediction", "TrainConfig", "PRESETS", "PRESET_NAMES", "DEFAU
            "get_clipr", "single_gene_conditions", "evaluate_run", "evaluate_folds", "summary_markdown", "write_report",
            "training_reference", "fit_report", "read_fit", "FIT_FILE", "validation_split",
            "condition_fit", "no_change_check", "prediction_anndata", "cell_eval_anndata", "h5ad_bytes",
-           "get_embedding", "embedding_path"]
+           "get_embedding", "embedding_path", "extrapolation_notes"]

@@ -27,6 +27,7 @@ from ..module import QuantileDecoder, ScoreNet, ZIPNoise
 from ..pp import normalize_log1p
 from ..sampling import SAMPLERS, sample
 from ._anchor import Anchors
+from ._extrapolation import extrapolation_notes
 from ._run import MODEL_META, WEIGHTS, RunDir, atomic_write_json
 
 #: format of model.json / model.safetensors; bump on any change of meaning
@@ -49,6 +50,9 @@ class Prediction:
         label → ``(n_cells, n_genes)`` latent states ``s`` (state space, before the count model).
     unseen
         label → genes of that perturbation never perturbed in training (they use the mean embedding).
+    extrapolation
+        label → sentence, for the perturbations outside the training design (a gene never perturbed in
+        training, a combination larger than any trained one; :func:`~lcd_core.model.extrapolation_notes`).
     params
         Sampler, budget and seed used.
     counts
@@ -61,9 +65,12 @@ class Prediction:
     unseen: dict[str, list[str]] = field(default_factory=dict)
     params: dict = field(default_factory=dict)
     counts: dict[str, np.ndarray] = field(default_factory=dict)
+    extrapolation: dict[str, str] = field(default_factory=dict)
 
     def to_anndata(self, genes: list[str]):
-        """One AnnData: ``.X`` log1p CP10k, ``obs["perturbation"]`` our labels, ``obsm["latent"]``."""
+        """One AnnData: ``.X`` log1p CP10k, ``obs["perturbation"]`` our labels, ``obsm["latent"]``;
+        ``obs["extrapolation"]`` (bool) and ``uns["lcd_extrapolation"]`` (label → sentence, str) flag the
+        perturbations outside the training design."""
         import anndata as ad
         import pandas as pd
 
@@ -73,6 +80,7 @@ class Prediction:
             KEYS.PERT: np.repeat(labels, [len(self.cells[k]) for k in labels]),
             "uses_mean_embedding": np.repeat([bool(self.unseen.get(k)) for k in labels],
                                              [len(self.cells[k]) for k in labels]),
+            "extrapolation": np.repeat([k in self.extrapolation for k in labels], [len(self.cells[k]) for k in labels]),
         })
         obs.index = [f"pred{i}" for i in range(len(obs))]
         obs[KEYS.PERT] = obs[KEYS.PERT].astype("category")
@@ -80,6 +88,7 @@ class Prediction:
         out.obsm["latent"] = np.concatenate([self.latent[k] for k in labels]).astype(np.float32)
         out.uns["lcd_prediction"] = {"params_json": json.dumps(self.params, sort_keys=True),
                                      "unseen_json": json.dumps(self.unseen, sort_keys=True)}
+        out.uns["lcd_extrapolation"] = {k: str(v) for k, v in self.extrapolation.items()}
         return out
 
 
@@ -267,7 +276,25 @@ class LCD:
         params = {"sampler": sampler or self.info.get("sampler", "fast"),
                   "n_evals": n_evals if n_evals is not None else self.info.get("sampler_evals"),
                   "seed": seed, "n_cells": n_cells, "run": self.info.get("run"), "anchored": bool(anchored)}
-        return Prediction(cells=cells, latent=latent, unseen=unseen, params=params, counts=counts)
+        return Prediction(cells=cells, latent=latent, unseen=unseen, params=params, counts=counts,
+                          extrapolation=extrapolation_notes(list(cells), unseen, trained_order=self.trained_order))
+
+    @property
+    def trained_order(self) -> int:
+        """Largest number of genes perturbed together in one training condition."""
+        return max((len(targets_of(c)) for c in self.conditions), default=0)
+
+    def extrapolation(self, perturbations: list[str]) -> dict[str, str]:
+        """label → sentence for each perturbation outside the training design (a gene never perturbed in
+        training, a combination of more genes than any training condition and more than two), saying what
+        the model does there; :func:`~lcd_core.model.extrapolation_notes`. Nothing is generated."""
+        unseen = {}
+        for label in perturbations:
+            label = parse_label(label)
+            new = self.multihot(label)[1]
+            if new:
+                unseen[label] = new
+        return extrapolation_notes(perturbations, unseen, trained_order=self.trained_order)
 
     # -- the drift, for CLIPR ----------------------------------------------------------------------
     def condition_multihot(self, labels: list[str]) -> torch.Tensor:

@@ -56,34 +56,46 @@ def _write_sidecar(path: Path, prov: dict) -> Path:
 
 
 def effects_long(
-    effects: np.ndarray, genes: Sequence[str], *, threshold: float = 0.0, include_diagonal: bool = False
+    effects: np.ndarray, genes: Sequence[str], *, threshold: float = 0.0, include_diagonal: bool = False,
+    columns: Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
-    """Effect matrix (rows = sources) as a long table ``source, target, effect``.
+    """Effect matrix (rows = sources) as a long table ``source, target, effect[, columns...]``.
 
-    Keeps entries with |effect| > ``threshold``, sorted by |effect| (largest first).
+    Keeps entries with |effect| > ``threshold``, sorted by |effect| (largest first). ``columns``: more
+    ``(d, d)`` per-edge arrays in the same orientation, one column each (e.g. ``identifiability`` labels
+    from :func:`lcd_core.clipr.identifiability`, the interval and sign stability of
+    :func:`lcd_core.clipr.clipr_confidence`).
     """
     E = np.asarray(effects, dtype=float)
     genes = np.asarray(list(genes), dtype=object)
     if E.shape != (genes.size, genes.size):
         raise ConfigError(f"effects {E.shape} do not match {genes.size} genes.")
+    extra = {str(k): np.asarray(v) for k, v in (columns or {}).items()}
+    for name, v in extra.items():
+        if v.shape != E.shape:
+            raise ConfigError(f"column {name!r} has shape {v.shape}; the effects are {E.shape}.")
+        if name in ("source", "target", "effect"):
+            raise ConfigError(f"column name {name!r} is taken.")
     keep = np.abs(E) > threshold
     if not include_diagonal:
         np.fill_diagonal(keep, False)
     i, j = np.nonzero(keep)
-    df = pd.DataFrame({"source": genes[i], "target": genes[j], "effect": E[i, j]})
+    df = pd.DataFrame({"source": genes[i], "target": genes[j], "effect": E[i, j],
+                       **{name: v[i, j] for name, v in extra.items()}})
     return df.iloc[np.argsort(-np.abs(df["effect"].to_numpy()), kind="stable")].reset_index(drop=True)
 
 
 def write_effects_csv(
     path: str | PathLike, effects: np.ndarray, genes: Sequence[str], *, provenance: Mapping | None = None,
-    threshold: float = 0.0,
+    threshold: float = 0.0, columns: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write :func:`effects_long` as a plain CSV (header ``source,target,effect``) and its provenance to
-    the sidecar :func:`provenance_path` (``effects.provenance.json``). Returns the CSV's path."""
+    """Write :func:`effects_long` as a plain CSV (header ``source,target,effect`` and one column per entry
+    of ``columns``) and its provenance to the sidecar :func:`provenance_path` (``effects.provenance.json``).
+    Returns the CSV's path."""
     path = Path(path)
     prov = _provenance(provenance)
     prov["threshold"] = threshold
-    effects_long(effects, genes, threshold=threshold).to_csv(path, index=False)
+    effects_long(effects, genes, threshold=threshold, columns=columns).to_csv(path, index=False)
     _write_sidecar(path, prov)
     return path
 
@@ -116,22 +128,26 @@ def write_modules_tsv(
 
 def write_graphml(
     path: str | PathLike, effects: np.ndarray, genes: Sequence[str], *, threshold: float = 0.0,
-    provenance: Mapping | None = None, modules=None,
+    provenance: Mapping | None = None, modules=None, columns: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Write the thresholded effect graph (edges source → target, attributes ``effect``, ``weight`` =
-    |effect|, ``sign``; node attribute ``module`` when given) as GraphML, with the provenance as graph
+    |effect|, ``sign`` and one per entry of ``columns``, e.g. ``identifiability``; node attribute ``module``
+    when given) as GraphML, with the provenance as graph
     attributes (JSON text each: GraphML holds scalars), read by any GraphML reader with the graph. No
     sidecar: the file carries its own provenance. Returns the path."""
     import networkx as nx
 
     path = Path(path)
-    df = effects_long(effects, genes, threshold=threshold)
+    df = effects_long(effects, genes, threshold=threshold, columns=columns)
     G = nx.DiGraph()
     labels = dict(zip(modules.genes, modules.labels)) if modules is not None else {}
     for g in genes:
         G.add_node(str(g), module=str(labels.get(g, "")))
-    for s, t, e in df.itertuples(index=False):
-        G.add_edge(str(s), str(t), effect=float(e), weight=abs(float(e)), sign=int(np.sign(e)))
+    names = list(df.columns[3:])
+    for row in df.itertuples(index=False):
+        s, t, e = row[:3]
+        attrs = {n: (v.item() if isinstance(v, np.generic) else v) for n, v in zip(names, row[3:])}
+        G.add_edge(str(s), str(t), effect=float(e), weight=abs(float(e)), sign=int(np.sign(e)), **attrs)
     prov = _provenance(provenance)
     prov["threshold"] = threshold
     G.graph.update({k: json.dumps(v) for k, v in prov.items()})  # GraphML holds scalars: store JSON text
