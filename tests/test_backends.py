@@ -59,8 +59,9 @@ def local_run(screen_path, tmp_path_factory):
 def test_local_backend_train_predict_clipr(local_run):
     out, events = local_run
     assert RunDir(out).is_complete()
-    # the two training stages, then the fit check of the finished run (fit.json)
-    assert {e.stage for e in events} == {"stage1", "stage2", "fit"} and events[-1].step == events[-1].total
+    # the two training stages, the fit check of the finished run (fit.json), then its reference embedding
+    assert {e.stage for e in events} == {"stage1", "stage2", "fit", "embedding"}
+    assert events[-1].stage == "embedding" and events[-1].step == events[-1].total
     b = get_backend("local")
     pred = b.predict(out, ["G00+G01", "ctrl"], 50, seed=0)
     assert {k: v.shape for k, v in pred.cells.items()} == {"G00+G01": (50, 12), "ctrl": (50, 12)}
@@ -296,7 +297,7 @@ def test_ray_train_folds_matches_local(ray_backend, tmp_path):
         assert set(rt.loc[rt.fold == f, "condition"]) == set(protocol["folds"][f])
     assert set(rt.fold) == set(folds) and set(rt.method) == set(lt.method) and "lcd" in set(rt.method)
     # progress streamed back per fold, the same records as the local backend (there: one fold after the other)
-    assert {e.stage for e in events["ray"]} == {f"fold{f}/{s}" for f in folds for s in ("stage1", "stage2", "fit")}
+    assert {e.stage for e in events["ray"]} == {f"fold{f}/{s}" for f in folds for s in ("stage1", "stage2", "fit", "embedding")}
     assert sorted((e.stage, e.step, e.total) for e in events["ray"]) == sorted(
         (e.stage, e.step, e.total) for e in events["local"])
     # the same fold runs as a local training ...
