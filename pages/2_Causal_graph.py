@@ -16,7 +16,8 @@ from lcd_core.tl import (READABLE_EDGES, causal_recovery, edge_precision_recall,
 
 #: choices of the edge control: the strongest k edges of the whole matrix
 TOP_K = [10, 25, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000]
-#: the edge confidence the page computes (bootstrap resamples, label shuffles of the null): the CLI's defaults
+#: the edge confidence the page computes (bootstrap resamples, label shuffles of the null); `lcd clipr --confidence
+#: --null 20` writes the same cache, which the page then reads
 CONFIDENCE = {"n_boot": 100, "n_null": 20}
 
 
