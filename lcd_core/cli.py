@@ -354,6 +354,8 @@ def cmd_clipr(args: argparse.Namespace) -> None:
         ident = identifiability(result)
         columns["identifiability"] = ident.labels
         notes.append(f"identifiability: {ident.summary()}")
+        if ident.caveat:
+            print(f"lcd clipr: warning: {ident.caveat}", file=sys.stderr)
         prov_extra["identifiability"] = {"rank": ident.rank, "condition_number": ident.condition_number,
                                          **ident.params, **ident.counts()}
     except ConfigError as err:

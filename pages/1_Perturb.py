@@ -211,6 +211,8 @@ def lcd_mode(screen, run, model) -> None:
     st.markdown(f"<div data-testid='prediction-label'>{len(cells)} generated cells of <b>{label}</b>"
                 f"{' · observed: ' + str(len(obs)) + ' cells' if has_obs else ' · no observed cells'}</div>",
                 unsafe_allow_html=True)
+    for note in model.extrapolation([label]).values():  # an unseen gene, or more genes than training combined
+        st.warning(f"**Extrapolation.** {note}", icon="⚠️")
     if unseen:
         unseen_block(model, list(unseen))
     umap_block(run, screen, model, {label: cells}, [label] if has_obs else [])

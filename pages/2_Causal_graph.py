@@ -1,5 +1,6 @@
 """Causal graph: a gene's regulators and targets in the CLIPR effect matrix, with the truth beside the
-estimate on simulated screens."""
+estimate on simulated screens; which edges the data decide (identifiability, greyed out when not), and on
+request each edge's bootstrap interval, sign stability and the shuffled-label null (issue 16)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,47 @@ import streamlit as st
 
 from app_ui import results, state, widgets
 from lcd_core import LCDError
-from lcd_core.clipr import CLIPR, VARIANTS
+from lcd_core.clipr import CLIPR, VARIANTS, cached_confidence, clipr_confidence, identifiability
 from lcd_core.pl import ego_graph, ego_network
 from lcd_core.tl import (READABLE_EDGES, causal_recovery, edge_precision_recall, effects_long, readable_gene,
                          top_k_threshold, write_graphml)
 
 #: choices of the edge control: the strongest k edges of the whole matrix
 TOP_K = [10, 25, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000]
+#: the edge confidence the page computes (bootstrap resamples, label shuffles of the null); `lcd clipr --confidence
+#: --null 20` writes the same cache, which the page then reads
+CONFIDENCE = {"n_boot": 100, "n_null": 20}
+
+
+def edge_identifiability(run, variant: str, lam, res):
+    """The shown result's :class:`~lcd_core.clipr.Identifiability` (cached), or the reason it has none."""
+    def compute():
+        try:
+            return identifiability(res)
+        except LCDError as e:  # e.g. too many genes for the directed computation: said under the graph
+            return str(e)
+    return results.memo(("cg_ident", state.run_key(run), variant, lam), compute)
+
+
+def edge_confidence(run, model):
+    """The run's cached edge confidence (directed variant), computed in a background job once asked for;
+    ``None`` until then."""
+    key = ("clipr_confidence", state.run_key(run), tuple(sorted(CONFIDENCE.items())))
+    conf = cached_confidence(model, variant="directed", **CONFIDENCE)
+    if conf is not None:
+        return conf
+    asked = st.session_state.setdefault("cg_conf_asked", set())
+    if st.button("Compute confidence (bootstrap + null)", key="cg_conf_btn",
+                 help=f"{CONFIDENCE['n_boot']} bootstrap resamples of the cells of each condition through directed "
+                      f"CLIPR (an interval and a sign stability per edge) and {CONFIDENCE['n_null']} shuffles of the "
+                      "condition labels (edge strengths without perturbation signal). Computed once, in the "
+                      "background, and kept in the run directory."):
+        asked.add(key)
+    if key not in asked:
+        return None
+    return results.run_job(key, lambda: clipr_confidence(model, variant="directed", **CONFIDENCE),
+                           label="edge confidence", what="Computing edge confidence (bootstrap + shuffled-label null)",
+                           store="resources")
 
 
 def truth_matrix(screen, model) -> np.ndarray | None:
@@ -48,6 +83,8 @@ def main() -> None:
     vmax = float(off.max()) if off.size else 1.0
     for w in res.warnings[:3]:
         st.caption(f"⚠ {w}")
+    ident = edge_identifiability(run, variant, lam, res)
+    labels = ident.labels if not isinstance(ident, str) else None
 
     n_off = off.size
     choices = [k for k in TOP_K if k < n_off] + [n_off]
@@ -58,6 +95,18 @@ def main() -> None:
                              help="Sets the |effect| threshold so that the k strongest gene-to-gene effects are "
                                   "edges (rank-based: the raw |effect| scale depends on the run).")
     threshold = top_k_threshold(E, top_k)
+    conf = edge_confidence(run, model) if variant == "directed" else None
+    if variant != "directed":
+        st.caption("Edge confidence is computed for the directed variant only: it resamples the cells that variant "
+                   "reads, while the paper variant reads the drift's fixed points, which no cell bootstrap varies.")
+    null_thr = conf.null_threshold if conf is not None else None
+    only_null = st.checkbox("only edges stronger than the shuffled-label null (99th percentile)", value=False,
+                            key="cg_null", disabled=null_thr is None,
+                            help="Keeps the edges whose |effect| exceeds the 99th percentile of |edge| when the "
+                                 "condition labels are shuffled." if null_thr is not None else
+                                 "Compute the confidence (directed variant) first.")
+    if only_null and null_thr is not None:
+        threshold = max(threshold, null_thr)
     default_gene = results.memo(("cg_default_gene", state.run_key(run), variant, lam, top_k),
                                 lambda: readable_gene(E, genes, threshold))
     if st.session_state.get("cg_gene") not in genes:  # first visit, or another run: a readable neighbourhood
@@ -70,9 +119,12 @@ def main() -> None:
                           disabled=truth is None, key="cg_truth",
                           help=None if truth is not None else "Only simulated screens carry their truth.")
 
-    edges = effects_long(E, genes, threshold=threshold)
+    columns = {"identifiability": labels} if labels is not None else {}
+    if conf is not None:
+        columns.update(conf.columns())
+    edges = effects_long(E, genes, threshold=threshold, columns=columns)
     n_edges = len(edges)
-    G = ego_graph(E, genes, gene, threshold=threshold, truth=truth if overlay else None)
+    G = ego_graph(E, genes, gene, threshold=threshold, truth=truth if overlay else None, labels=labels)
     regs = [u for u, _, d in G.in_edges(gene, data=True) if not d.get("missed")]
     tgts = [v for _, v, d in G.out_edges(gene, data=True) if not d.get("missed")]
     missed = sum(1 for *_, d in G.edges(data=True) if d.get("missed"))
@@ -83,9 +135,18 @@ def main() -> None:
     m[3].metric("genes", len(genes))
     st.plotly_chart(ego_network(G, gene, title=f"{gene}: regulators → {gene} → targets"), key="ego_chart",
                     config={"displaylogo": False})
-    st.caption(f"Threshold |effect| > {threshold:.3g}. Vermilion: activation, blue: repression; width ∝ |effect|"
+    st.caption(f"Threshold |effect| > {threshold:.3g}"
+               + (" (the shuffled-label null's 99th percentile)" if only_null and threshold == null_thr else "")
+               + ". Vermilion: activation, blue: repression; width ∝ |effect|"
+               + ("; grey and thin: not identified" if labels is not None else "")
                + (f"; dashed: {missed} true edge(s) of {gene} the model missed (coloured by the true sign); "
                   "dotted: estimated edge absent from the truth." if overlay and truth is not None else "."))
+    st.markdown(identifiability_sentence(ident, variant))
+    if conf is not None:
+        st.caption(f"Confidence: {int(round(100 * conf.level))} % bootstrap intervals and sign stability from "
+                   f"{conf.n_boot} resamples of the cells of each condition (sampling noise of the read-out, not "
+                   f"the model's own error); {conf.n_exceeding():,} edges exceed the 99th percentile "
+                   f"({null_thr:.3g}) of {conf.n_null} label shuffles.")
 
     if overlay and truth is not None:
         st.subheader("Recovery of the true graph")
@@ -106,24 +167,38 @@ def main() -> None:
     only_gene = st.checkbox(f"Only edges of {gene}", value=False, key="cg_only_gene")
     table = edges[(edges["source"] == gene) | (edges["target"] == gene)] if only_gene else edges
     st.dataframe(table.head(500), hide_index=True, key="edge_table")
-    prov = widgets.provenance(screen, run, variant=variant, lam=lam, threshold=threshold, top_k=top_k)
+    prov = widgets.provenance(screen, run, variant=variant, lam=lam, threshold=threshold, top_k=top_k,
+                              null_filter=bool(only_null and null_thr is not None),
+                              **({"confidence": {"n_boot": conf.n_boot, "n_null": conf.n_null, "level": conf.level,
+                                                 "null_threshold": null_thr}} if conf is not None else {}))
     d1, d2, d3 = st.columns(3)
     d1.download_button(f"Download {len(table)} edges (CSV)", widgets.csv_bytes(table),
                        file_name=f"effects_{variant}.csv", mime="text/csv", key="dl_edges")
     widgets.provenance_button(prov, f"effects_{variant}.csv", key="dl_edges_prov", where=d2)
     d3.download_button(f"Graph of the {n_edges:,} edges (GraphML, for Cytoscape)",
-                       results.memo(("cg_graphml", state.run_key(run), variant, lam, top_k),
-                                    lambda: graphml_bytes(E, genes, threshold, prov)),
+                       results.memo(("cg_graphml", state.run_key(run), variant, lam, top_k, threshold, tuple(columns)),
+                                    lambda: graphml_bytes(E, genes, threshold, prov, columns)),
                        file_name=f"effects_{variant}_top{top_k}.graphml", mime="application/xml", key="dl_cg_graphml")
 
 
-def graphml_bytes(E: np.ndarray, genes: list[str], threshold: float, prov: dict) -> bytes:
+def identifiability_sentence(ident, variant: str) -> str:
+    """One line under the graph: rank, condition number and counts, and why grey edges are grey."""
+    if isinstance(ident, str):
+        return f"Identifiability not computed: {ident}"
+    c = ident.counts()
+    why = (f" Grey edges are not identified: {ident.sentence('not identified')}" if c["not identified"]
+           else f" {ident.sentence('identified')}" if not c["partly identified"] else "")
+    return f"**Identifiability** ({variant}): {ident.summary()}.{why}" + (f" {ident.caveat}" if ident.caveat else "")
+
+
+def graphml_bytes(E: np.ndarray, genes: list[str], threshold: float, prov: dict, columns: dict | None = None) -> bytes:
     """lcd_core.tl.write_graphml's file (provenance as graph attributes) as bytes for a download."""
     import tempfile
     from pathlib import Path
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_graphml(Path(tmp) / "effects.graphml", E, genes, threshold=threshold, provenance=prov)
+        path = write_graphml(Path(tmp) / "effects.graphml", E, genes, threshold=threshold, provenance=prov,
+                             columns=columns)
         return path.read_bytes()
 
 

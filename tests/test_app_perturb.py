@@ -193,3 +193,29 @@ def test_paper_whatif_refusal_is_a_sentence_with_the_directed_variant_one_click_
     assert_clean(at)
     assert at.radio(key="wi_variant").value == "directed"
     assert len(find_df(at, "latent_shift_sd")) > 0
+
+
+def test_a_combination_beyond_training_or_an_unseen_gene_is_flagged_as_extrapolation(perturb_env):
+    from lcd_core.data._conventions import targets_of
+
+    model = perturb_env["model"]
+    trained = sorted({g for c in model.conditions for g in targets_of(c)})
+    unseen = [g for g in model.pert_genes if g not in trained]
+    at = open_page(PERTURB)
+    at.radio(key="pert_kind").set_value("any gene set").run()
+    at.multiselect(key="pert_set").select(trained[0]).select(trained[1]).run()
+    settle(at)
+    assert_clean(at)
+    assert not [w.value for w in at.warning if "Extrapolation" in w.value]  # a double of trained genes: within
+    at.multiselect(key="pert_set").select(trained[2]).run()
+    settle(at)
+    assert_clean(at)
+    warn = [w.value for w in at.warning if "Extrapolation" in w.value]
+    assert len(warn) == 1 and "A combination of 3 genes" in warn[0] and "untested against data" in warn[0]
+    assert unseen, "the tiny screen has genes never perturbed in training"
+    at.multiselect(key="pert_set").unselect(trained[1]).unselect(trained[2]).select(unseen[0]).run()
+    settle(at)
+    assert_clean(at)
+    warn = [w.value for w in at.warning if "Extrapolation" in w.value]
+    assert len(warn) == 1 and f"{unseen[0]} was never perturbed in training" in warn[0]
+    assert "A combination" not in warn[0]

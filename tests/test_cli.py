@@ -207,13 +207,14 @@ def test_clipr_and_modules_on_the_shipped_demo_run(tmp_path):
     truth = read_screen(demo_screen_path()).truth
     run("clipr", tmp_path / "run", "--out", tmp_path / "effects.csv")
     eff = pd.read_csv(tmp_path / "effects.csv")  # plain: no reader options (issue 14.9)
-    assert list(eff.columns) == ["source", "target", "effect"] and len(eff) > 0
+    assert list(eff.columns) == ["source", "target", "effect", "identifiability"] and len(eff) > 0
     prov = json.loads((tmp_path / "effects.provenance.json").read_text())
     assert prov["variant"] == "directed" and prov["data_hash"] and prov["run"] == str(tmp_path / "run")
     # the paper variant on the default schedule: the flows ran it whole, nothing to warn about (the cached
     # result carries its warnings: only the rank note of 49 perturbed genes in 144)
     paper = run("clipr", tmp_path / "run", "--variant", "paper", "--out", tmp_path / "paper.csv")
     assert "converged" not in paper.stderr and "span only 49" in paper.stderr, paper.stderr
+    assert "signs are not to be trusted" in paper.stderr  # 48 of 144 genes perturbed (docs/benchmarks.md)
     # Σ and limit responses from the drift's fixed points and generated control cells (METHOD §4)
     run("clipr", tmp_path / "run", "--source", "fixed_points", "--out", tmp_path / "fp.csv")
     fp = pd.read_csv(tmp_path / "fp.csv")

@@ -94,6 +94,12 @@ def test_paper_variant_edges_out_of_genes_outside_the_span_are_not_identified():
     ident = identifiability(res)
     assert (ident.labels[:3] == "identified").all() and (ident.labels[3:] == "not identified").all()
     assert "span of the limit responses" in ident.sentence("not identified")
+    # K < d: its signs are not to be trusted (docs/benchmarks.md, "Signs of the paper variant"); K = d: no caveat
+    assert "not to be trusted" in ident.caveat
+    L_full = np.hstack([np.zeros((d, 1)), np.diag(np.arange(1.0, d + 1))])
+    full = CliprResult(effects=np.zeros((d, d)), A=np.zeros((d, d)), b=np.zeros(d), c=np.zeros((d, d + 1)),
+                       V=np.zeros((d, d + 1)), L=L_full, target_index=[None, *range(d)], params={"variant": "paper"})
+    assert identifiability(full).caveat == ""
 
 
 def test_exports_carry_the_identifiability_label(tmp_path):

@@ -72,3 +72,20 @@ def test_every_metric_says_what_it_measures_and_which_direction_is_better():
     assert list(legend.index) == ["mmd", "pearson_delta_top20"]  # not a metric: left out
     assert legend.loc["mmd", "better"] == "lower" and legend.loc["pearson_delta_top20", "better"] == "higher"
     assert "top-20 DE genes" in legend.loc["pearson_delta_top20", "measures"]
+
+
+def test_ego_network_greys_out_edges_that_are_not_identified():
+    from lcd_core.pl._network import NOT_IDENTIFIED_COLOUR
+
+    E, genes = hub_matrix()
+    labels = np.full(E.shape, "identified", dtype=object)
+    labels[1, 32:35] = "not identified"  # three of G01's targets
+    G = ego_graph(E, genes, "G01", threshold=0.5, labels=labels)
+    assert G.edges["G01", "G32"]["identifiability"] == "not identified"
+    assert G.edges["G01", "G36"]["identifiability"] == "identified"
+    fig = ego_network(G, "G01")
+    grey = [t for t in fig.data if t.mode == "lines" and t.x[0] is not None and t.line.color == NOT_IDENTIFIED_COLOUR]
+    assert len(grey) == 1 and len(grey[0].x) == 3 * 3 and grey[0].line.width == 1.5  # 3 edges, thin
+    assert "not identified (set by the regulariser)" in [t.name for t in fig.data]
+    fig = ego_network(ego_graph(E, genes, "G01", threshold=0.5), "G01")  # without labels: no grey, no entry
+    assert not [t for t in fig.data if getattr(t.line, "color", None) == NOT_IDENTIFIED_COLOUR]

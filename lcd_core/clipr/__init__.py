@@ -19,7 +19,7 @@ from .._settings import CLIPR, DIRECTED_SOURCES, REF_POINTS, VARIANTS, CliprOpti
 from ._paper import clipr_from_drift, clipr_paper
 from ._readout import ALGORITHM_VERSION, cache_key, get_clipr, single_gene_conditions
 from ._result import CliprResult
-from ._confidence import CliprConfidence, bootstrap_directed, clipr_confidence, null_directed
+from ._confidence import CliprConfidence, bootstrap_directed, cached_confidence, clipr_confidence, null_directed
 from ._whatif import MAX_RESPONSE_SD, singular_response, whatif_cells, whatif_drift_shift, whatif_shift
 
 __all__ = [
@@ -31,5 +31,5 @@ __all__ = [
     "whatif_shift", "whatif_drift_shift", "whatif_cells", "singular_response", "MAX_RESPONSE_SD",
     "get_clipr", "single_gene_conditions",
     "identifiability", "Identifiability", "IDENTIFIABILITY_LABELS", "label_of",
-    "clipr_confidence", "CliprConfidence", "bootstrap_directed", "null_directed",
+    "clipr_confidence", "cached_confidence", "CliprConfidence", "bootstrap_directed", "null_directed",
 ]

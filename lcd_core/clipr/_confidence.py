@@ -248,6 +248,18 @@ def clipr_confidence(model: LCD, options: CliprOptions | None = None, *, n_boot:
     return out
 
 
+def cached_confidence(model: LCD, options: CliprOptions | None = None, *, n_boot: int = 100, level: float = 0.9,
+                      n_null: int = 0, seed: int = 0, **overrides) -> CliprConfidence | None:
+    """The run's cached :func:`clipr_confidence` for these arguments, or ``None`` when it was never computed
+    (nothing is computed: what a page asks before it offers to start the computation)."""
+    opts = clipr_options(options, **overrides)
+    if opts.variant != "directed" or opts.source == "fixed_points":
+        return None
+    conf_params = {"n_boot": int(n_boot), "level": float(level), "n_null": int(n_null), "seed": int(seed)}
+    cache = _cache_path(model, opts, conf_params)
+    return _load(cache) if cache is not None and cache.exists() else None
+
+
 def _cache_path(model: LCD, opts: CliprOptions, conf_params: dict) -> Path | None:
     from ..model import RunDir
 

@@ -54,6 +54,13 @@ SENTENCES = {
     ("paper", "not identified"): "The source gene lies (mostly) outside the span of the limit responses: the "
                                  "ridge sets this edge towards zero whatever the data (perturb more genes).",
 }
+#: what the paper variant's labels do not say (issue 16 item 6, docs/benchmarks.md "Signs of the paper variant"):
+#: with K < d perturbed genes its ridge solve books a target's own restoring force against the edge into it
+PAPER_SIGN_CAVEAT = ("The paper variant's signs are not to be trusted on nonlinear count screens with fewer "
+                     "perturbed genes than genes: on the demo its edges from perturbed genes to the others have "
+                     "the wrong sign more often than not (sign-AUROC 0.19; 0.38 overall, below the 0.5 of no "
+                     "information), while the drift itself and the directed variant get them right; use the "
+                     "directed variant.")
 #: above this d the directed computation (d² m² memory in chunks, d² m² work) is skipped
 _MAX_D = 600
 
@@ -95,6 +102,12 @@ class Identifiability:
         if not include_diagonal:
             np.fill_diagonal(keep, False)
         return {lab: int(((self.labels == lab) & keep).sum()) for lab in LABELS}
+
+    @property
+    def caveat(self) -> str:
+        """A sentence on what the labels do not cover (the paper variant's signs when K < d; else empty)."""
+        d = self.labels.shape[0]
+        return PAPER_SIGN_CAVEAT if self.variant == "paper" and self.rank < d else ""
 
     def sentence(self, label: str) -> str:
         """One sentence on what an edge with ``label`` rests on, for this variant."""

@@ -47,9 +47,10 @@ def extrapolation_notes(labels: Iterable[str], unseen: Mapping[str, list[str]] |
         new = unseen.get(label) or []
         if new:
             genes = ", ".join(new)
+            whose = "this gene's" if len(new) == 1 else "these genes'"
             parts.append(f"{genes} {'was' if len(new) == 1 else 'were'} never perturbed in training: the model "
                          f"uses the mean of the trained perturbation embeddings, so it predicts an average "
-                         f"perturbation, not {'this gene' if len(new) == 1 else 'these genes'}' own effect.")
+                         f"perturbation, not {whose} own effect.")
         n = len(targets_of(label))
         if n > limit:
             parts.append(f"A combination of {n} genes, more than any training condition ({limit}): the model sums "
