@@ -260,6 +260,7 @@ PLOTLY_TRACES = """() => Array.from(document.querySelectorAll('.js-plotly-plot')
     el => (el.data || []).map(t => [String(t.name || ''), String((t.marker && t.marker.color) || (t.line && t.line.color) || '')]))"""
 
 
+@pytest.mark.slow  # trains a model through the Train page (~2 min on 2 cores): `pytest -m "slow and browser"`
 def test_real_screen_uploaded_trained_and_compared(server, browser_ctx):
     """The Norman subset uploaded as a user would: Home says up front which pages it supports, the Train
     page trains it with a tiny budget (held-out doubles proposed), Perturb draws predicted and observed
