@@ -414,6 +414,7 @@ def test_train_page_starts_follows_and_lists_run(app_env):
     assert "tiny" in at.sidebar.selectbox[0].options
 
 
+@pytest.mark.slow  # trains twice (~30 s)
 def test_train_cancel_stops_the_process_and_a_resume_finishes_the_run(app_env):
     """What a user relies on when cancelling: the training process is gone, the run is not marked
     complete (its checkpoints are kept), and starting it again resumes and finishes it."""
@@ -502,6 +503,7 @@ print("rendered", sys.argv[1:])
 """
 
 
+@pytest.mark.slow  # one subprocess per page (~30 s)
 def test_every_page_then_interpreter_exit_exits_cleanly(tmp_path):
     """Open a page with AppTest and let the interpreter exit while its background jobs still run (the
     shipped demo: the Benchmark page's evaluation is inside torch then): exit status 0, no abort

@@ -208,6 +208,7 @@ def test_every_page_in_a_real_browser(server, browser_ctx):
     page.close()
 
 
+@pytest.mark.slow  # five sessions sampling at once (~50 s)
 def test_five_browser_sessions_see_their_own_perturbation(server, browser_ctx):
     pages, chosen = [], []
     for i in range(5):

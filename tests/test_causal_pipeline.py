@@ -17,6 +17,9 @@ from lcd_core.tl import causal_recovery
 
 #: issue 4's targets (Erdős–Rényi, K = d, 200 cells per condition): paper sign-AUROC ≥ 0.9, directed
 #: sign-AUROC ≥ 0.98 and Pearson ≥ 0.9, directed ≥ paper
+#: the module's fixture trains a model (~90 s on 2 cores): slow, like every test that trains for minutes
+pytestmark = pytest.mark.slow
+
 PAPER_AUROC, DIRECTED_AUROC, DIRECTED_PEARSON = 0.9, 0.98, 0.9
 
 #: why the trained model misses the targets here (measured on this seed): d = 20 and 1000 steps of a 256-wide

@@ -98,7 +98,7 @@ def _wait_for(path: Path, proc, timeout=120):
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)])  # each trains ~25 s
 def test_interrupted_training_resumes_from_its_checkpoint(tiny_h5ad, tmp_path, sig):
     out = tmp_path / "run"
     # long enough to be interrupted in stage 2, checkpointing every second
@@ -136,6 +136,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tiny_h5ad, tmp_path, s
     assert (out / "COMPLETE").exists()
 
 
+@pytest.mark.slow  # trains, then evaluates (~30 s)
 def test_fit_recomputes_fit_json_and_evaluate_writes_calibrated_scores(tiny_h5ad, tmp_path):
     out = tmp_path / "run"
     run("train", tiny_h5ad, "--out", out, "--holdout-combos", "G00+G01", *TINY)
@@ -162,6 +163,7 @@ def test_fit_recomputes_fit_json_and_evaluate_writes_calibrated_scores(tiny_h5ad
     assert json.loads((tmp_path / "report" / "provenance.json").read_text())["run"]
 
 
+@pytest.mark.slow  # trains, then fits an embedding (~30 s)
 def test_embed_saves_the_reference_embedding_once(tiny_h5ad, tmp_path):
     """`lcd embed RUN`: the run's screen from its config, the embedding saved in cache/, a second call
     reads it; a run without a recorded screen needs --data."""

@@ -203,6 +203,7 @@ def test_bootstrap_covers_and_null_is_weaker_on_a_small_linear_screen():
     assert ((truth >= -boot["upper"]) & (truth <= -boot["lower"]))[off & (np.abs(truth) > 1)].mean() < 0.2
 
 
+@pytest.mark.slow  # a CLIPR read-out of the demo plus 100 resamples (~30 s)
 def test_lcd_clipr_confidence_and_null_on_the_shipped_demo_run(tmp_path):
     """`lcd clipr --confidence --null 3`: identifiability, interval, sign stability and null columns in the
     CSV, the counts on stdout, and the result cached in the run directory (a second call reads it)."""
