@@ -21,7 +21,12 @@ REAL_RUN = ROOT / "assets" / "norman_run"
 def real_env(tmp_path_factory):
     if not (REAL_RUN / "COMPLETE").exists():
         pytest.fail("assets/norman_run is not a finished run: the shipped real run is part of the product")
-    env = {"LCD_APP_RUNS": str(tmp_path_factory.mktemp("runs")), "LCD_APP_EMBEDDING": "pca"}
+    # a copy: the app saves what it computes (here a PCA embedding) in the run's cache, never in assets/
+    import shutil
+
+    run = shutil.copytree(REAL_RUN, tmp_path_factory.mktemp("shipped") / "norman_run")
+    env = {"LCD_APP_RUNS": str(tmp_path_factory.mktemp("runs")), "LCD_APP_EMBEDDING": "pca",
+           "LCD_APP_REAL_RUN": str(run)}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield
