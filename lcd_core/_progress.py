@@ -66,14 +66,9 @@ def last_progress(log: list[dict]) -> tuple[Progress | None, float | None]:
     prog = [r for r in log if r.get("event") == "progress"]
     if not prog:
         return None, None
-    last = prog[-1]
-    p = progress_of(last)
-    same = [r for r in prog if r.get("stage") == last.get("stage") and "time" in r]
-    eta = None
-    if len(same) >= 2 and same[-1]["step"] > same[0]["step"]:
-        rate = (same[-1]["time"] - same[0]["time"]) / (same[-1]["step"] - same[0]["step"])
-        eta = max(0.0, rate * (p.total - p.step))
-    return p, eta
+    p = progress_of(prog[-1])
+    rate = stage_rates(log).get(p.stage)
+    return p, None if rate is None else max(0.0, rate * (p.total - p.step))
 
 
 def stage_rates(log: list[dict]) -> dict[str, float]:
