@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_ui import state, training, widgets
+from app_ui import results, state, training, widgets
 from lcd_core import LCDError
 
 ABOUT = (
@@ -272,6 +272,7 @@ def home() -> None:
         st.warning("This run models other genes than the selected screen: predictions work, comparisons with "
                    "observed cells and the benchmark need the screen the run was trained on.")
     fit_sentence(run)
+    results.warm_perturb(run, model, screen)
     c1, c2, c3 = st.columns(3)
     c1.page_link("pages/1_Perturb.py", label="Perturb: what happens if…?", icon=":material/science:")
     c2.page_link("pages/2_Causal_graph.py", label="Causal graph", icon=":material/hub:")

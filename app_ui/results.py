@@ -10,7 +10,10 @@ import numpy as np
 import streamlit as st
 
 from .jobs import jobs, run_job
-from .state import _load_model, load_model, run_key, settings
+from .state import _load_model, load_model, run_key, same_genes, settings
+
+#: what the Perturb page samples until the user changes it: cells, seed, sampler budget (network evaluations)
+PERTURB_DEFAULTS = {"n_cells": 300, "seed": 0, "n_evals": 32}
 
 
 def _prediction_job(run_path, label: str, n_cells: int, seed: int, n_evals: int | None,
@@ -36,6 +39,39 @@ def prefetch_predictions(run_path: str | Path, labels, n_cells: int, seed: int, 
                                  after=prev)
 
 
+def double_choices(model, screen) -> list[str]:
+    """The doubles the Perturb page offers, held-out ones first (the first one is its default)."""
+    from lcd_core.data._conventions import targets_of
+
+    observed = set(screen.conditions) if same_genes(model, screen) else set()
+    heldout = set(model.info.get("heldout", []))
+    return sorted({c for c in [*observed, *heldout, *model.conditions] if len(targets_of(c)) == 2},
+                  key=lambda c: (c not in heldout, c))
+
+
+def warm_perturb(run_path: str | Path, model, screen) -> None:
+    """Start sampling what the Perturb page shows first (its default double, control and the two singles)
+    while the user reads Home: the first Perturb visit then finds the cells ready instead of waiting ~2 s
+    for them on a 2-core CPU. Jobs are shared, so nothing is sampled twice."""
+    from lcd_core import KEYS
+    from lcd_core.data._conventions import targets_of
+
+    doubles = double_choices(model, screen)
+    if not doubles:
+        return
+    first = doubles[0]
+    n_cells, seed, n_evals = PERTURB_DEFAULTS["n_cells"], PERTURB_DEFAULTS["seed"], PERTURB_DEFAULTS["n_evals"]
+    if model.info.get("sampler", "fast") != "fast":
+        n_evals = None
+    prefetch_predictions(run_path, (KEYS.CONTROL, *targets_of(first)), n_cells, seed, n_evals=n_evals, after=first)
+    # the libraries the page's metrics and baselines import lazily (scikit-learn's metrics: ~0.2 s of a first visit)
+    jobs("resources").submit(("warm_imports",), _warm_imports, label="warming imports")
+
+
+def _warm_imports() -> None:
+    import sklearn.metrics  # noqa: F401  (DE recovery)
+
+
 def prediction(run_path: str | Path, labels: tuple[str, ...], n_cells: int, seed: int, *,
                n_evals: int | None = None, wait: float = 2.0, anchored: bool = False) -> dict[str, np.ndarray] | None:
     """LCD cells (log1p CP10k) of each label, sampled in the background, one job per label: a label's
@@ -55,6 +91,43 @@ def prediction(run_path: str | Path, labels: tuple[str, ...], n_cells: int, seed
         if pred.unseen:
             out.setdefault("_unseen", {}).update(pred.unseen)
     return out
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _ensemble(run: tuple[str, str], stamp: float):
+    from lcd_core.model import Ensemble
+
+    return Ensemble.load(run[0], _load_model(*run))
+
+
+def ensemble(run_path: str | Path):
+    """The run's ensemble of stage-2 networks (``lcd ensemble``), or ``None`` when it has none; reloaded
+    when ``ensemble.json`` changes. A corrupt or mismatched one raises :class:`~lcd_core.LCDError`."""
+    meta = Path(run_path) / "ensemble.json"
+    if not meta.is_file():
+        return None
+    return _ensemble(run_key(run_path), meta.stat().st_mtime)
+
+
+def intervals(run_path: str | Path, label: str, control_mean: np.ndarray, cells: np.ndarray, *, n_cells: int,
+              seed: int, n_evals: int | None, anchored: bool, reference: str, wait: float = 1.0):
+    """The prediction intervals of ``label``'s mean shifts (:func:`lcd_core.model.shift_intervals`: the run's
+    ensemble when it has one, its fit check's calibration when it has one), computed in the background once
+    per (run, label, settings, reference control); ``None`` while running."""
+    from lcd_core.model import read_fit, shift_intervals
+    from lcd_core.model._intervals import calibration_from_fit
+
+    ens = ensemble(run_path)
+    model = load_model(run_path)
+    models = ens.models(model) if ens is not None else [model]
+    calibration = calibration_from_fit(read_fit(run_path))  # a small JSON file, read again: `lcd fit` may rewrite it
+    key = ("intervals", run_key(run_path), label, int(n_cells), int(seed), n_evals, bool(anchored), reference,
+           len(models), None if calibration is None else len(calibration))
+    return run_job(key, lambda: shift_intervals(models, label, control_mean, n_cells=n_cells, seed=seed,
+                                                n_evals=n_evals, anchored=anchored, cells=cells,
+                                                calibration=calibration),
+                   label="prediction intervals", what=f"Sampling {label} with the {len(models)} networks of the "
+                   "ensemble", wait=wait)
 
 
 def clipr(run_path: str | Path, variant: str, lam: float | None = None, *, wait: float = 2.0):

@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--cold-perturb-only", action="store_true",
                     help="only Home cold and the first Perturb visit (writes results/app_cold_perturb.json)")
+    ap.add_argument("--home-pause", type=float, default=0.0,
+                    help="seconds spent on Home before the first click (a reader's pause; 0: click at once)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -100,6 +102,8 @@ def main() -> None:
             page.get_by_text("Model ready").wait_for()
             settled(page)
             res["home_cold_s"] = round(time.monotonic() - t_start, 2)
+            res["home_pause_s"] = args.home_pause
+            time.sleep(args.home_pause)  # Home starts sampling what Perturb shows first (app_ui.results.warm_perturb)
 
             def visit(path: str, title: str, marker: str) -> float:
                 t0 = time.monotonic()

@@ -22,6 +22,10 @@ from .errors import ConfigError
 PRESET_NAMES = ("auto", "demo", "standard", "paper")
 #: the preset of ``lcd train``, the Train page and a backend's training request
 DEFAULT_PRESET = "auto"
+#: extra stage-2 networks `lcd ensemble` trains (with the run's own: 4), and the nominal coverage of the
+#: prediction intervals they give (lcd_core.model._intervals)
+ENSEMBLE_MEMBERS = 3
+INTERVAL_LEVEL = 0.9
 
 #: the two estimators (METHOD §4): "directed" [ours] first, the default
 VARIANTS = ("directed", "paper")

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from ._settings import CLIPR, DEFAULT_PRESET, DIRECTED_SOURCES, PRESET_NAMES, VARIANTS, CliprOptions, clipr_options
+from ._settings import (CLIPR, DEFAULT_PRESET, DIRECTED_SOURCES, ENSEMBLE_MEMBERS, INTERVAL_LEVEL, PRESET_NAMES, VARIANTS,
+                        CliprOptions, clipr_options)
 from .errors import ConfigError, LCDError
 
 
@@ -268,11 +269,77 @@ def cmd_embed(args: argparse.Namespace) -> None:
     print(f"reference {args.method.upper()} of {emb.params['n_cells']:,} control + training cells: {how}; saved in {where}")
 
 
+def cmd_ensemble(args: argparse.Namespace) -> None:
+    from .data import read_screen
+    from .model import RunDir, fit_ensemble
+
+    cfg = RunDir(args.run).require_complete()
+    data = args.data or cfg.get("data_path")
+    if not data:
+        raise ConfigError(f"{args.run} does not record its screen; pass --data SCREEN")
+    screen = read_screen(data, **_follow_run(_screen_kwargs(args), args.run))
+    bar = _ProgressBar(args.quiet)
+    try:
+        ens = fit_ensemble(args.run, screen, members=args.members, device=args.device, progress=bar)
+    finally:
+        bar.close()
+    print(f"ensemble of {args.run}: {len(ens) + 1} networks (the run's own and seeds {', '.join(map(str, ens.seeds))}), "
+          f"{ens.info['seconds']:.0f} s; saved in {Path(args.run) / 'ensemble.safetensors'}")
+
+
+def _write_intervals(adata, run: str, pred, args: argparse.Namespace) -> None:
+    """``lcd predict --intervals``: each perturbation's mean-shift interval per gene, into ``var``."""
+    import numpy as np
+
+    from .model import LCD, Ensemble, read_fit, shift_intervals
+    from .model._intervals import calibration_from_fit
+
+    model = LCD.load(run, device=args.device)
+    ens = Ensemble.load(run, model)
+    calibration = calibration_from_fit(read_fit(run))
+    if ens is None and calibration is None:
+        raise ConfigError(f"{run} has neither an ensemble nor a calibrated fit check, and intervals need one: run "
+                          f"`lcd ensemble {run}` (the spread between networks) and/or `lcd fit {run} --data SCREEN` "
+                          "(the errors on the training conditions)")
+    models = ens.models(model) if ens is not None else [model]
+    ctrl = pred.cells.get("ctrl")
+    if ctrl is None:
+        ctrl = model.predict(["ctrl"], n_cells=args.cells, seed=args.seed, n_evals=args.n_evals).cells["ctrl"]
+    ctrl = np.asarray(ctrl, dtype=np.float64)
+    control_se = ctrl.std(0, ddof=1) / np.sqrt(len(ctrl))  # the generated control's own sampling error
+    for label, cells in pred.cells.items():
+        if label == "ctrl":
+            continue
+        iv = shift_intervals(models, label, ctrl.mean(0), n_cells=args.cells, seed=args.seed, n_evals=args.n_evals,
+                             anchored=args.anchored, level=args.level, cells=cells, control_se=control_se,
+                             calibration=calibration)
+        for col in ("shift", "shift_low", "shift_high", "shift_se", "sd_model", "calibrated"):
+            adata.var[f"{label}_{col}"] = iv["predicted_shift" if col == "shift" else col].to_numpy()
+    parts = [f"the spread between the {len(models)} networks of the run's ensemble" if len(models) > 1 else None,
+             f"the run's errors on its training conditions (split-conformal over {len(calibration)} gene shifts)"
+             if calibration is not None else None]
+    covers = "the cells drawn, " + " and ".join(p for p in parts if p)
+    adata.uns["lcd_intervals"] = {
+        "level": float(args.level), "networks": len(models), "n_cells": int(args.cells),
+        "n_calibration": 0 if calibration is None else int(len(calibration)),
+        "reference": "the run's generated control cells (their sampling error included)",
+        "covers": covers, "space": "log1p CP10k over the run's genes"}
+    print(f"lcd predict: {args.level:.0%} intervals on every gene's mean shift (var['<perturbation>_shift_low' / "
+          f"'_shift_high']): {covers}", file=sys.stderr)
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from .model import RunDir
 
     if args.cells < 1:
         raise ConfigError(f"--cells must be at least 1, got {args.cells}")
+    if args.intervals and not 0.0 < args.level < 1.0:
+        raise ConfigError(f"--level must lie strictly between 0 and 1, got {args.level}")
+    if args.intervals and args.cells < 2:
+        raise ConfigError("--intervals needs at least 2 cells per perturbation")
+    if args.intervals and args.backend == "ray":
+        raise ConfigError("--intervals runs locally (every network of the ensemble samples the same "
+                          "perturbations); drop --backend ray")
     genes = RunDir(args.run).require_complete()["genes"]
     labels = [p for item in args.perturb for p in item.split(",") if p.strip()]
     if args.with_control:
@@ -299,6 +366,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         adata.obs["lcd_size_factor"] = size_factors
         space = f"the training file's own space, {record['formula']}"
     adata.uns["lcd_prediction"]["space"] = space
+    if args.intervals:
+        _write_intervals(adata, args.run, pred, args)
     _atomic_write_h5ad(adata, out)
     print(f"wrote {out}: {sum(len(v) for v in pred.cells.values())} cells of {len(pred.cells)} perturbation(s), "
           f"values in {space}")
@@ -361,13 +430,20 @@ def cmd_clipr(args: argparse.Namespace) -> None:
     except ConfigError as err:
         print(f"lcd clipr: note: no identifiability labels: {err}", file=sys.stderr)
     if args.confidence or args.null:
-        conf = clipr_confidence(model, options, n_boot=args.n_boot, n_null=args.null, **extra)
+        from .model import Ensemble
+
+        ens = None if args.no_ensemble or options.source == "data" else Ensemble.load(args.run, model)
+        members = ens.models(model)[1:] if ens is not None else []
+        conf = clipr_confidence(model, options, n_boot=args.n_boot, n_null=args.null, ensemble=members, **extra)
         columns.update(conf.columns())
         prov_extra["confidence"] = {"level": conf.level, "n_boot": conf.n_boot, "n_null": conf.n_null,
                                     "null_quantiles": conf.null_quantiles.tolist()}
+        over = (f"the cells of {len(members) + 1} networks (the run's ensemble)" if members else
+                "the cells (no ensemble: `lcd ensemble` adds the spread between networks)")
         notes.append(f"confidence: {int(round(100 * conf.level))} % bootstrap intervals from {conf.n_boot} "
-                     f"resamples of the cells; {int((conf.sign_stability >= 0.9).sum() - len(model.genes))} edges "
+                     f"resamples of {over}; {int((conf.sign_stability >= 0.9).sum() - len(model.genes))} edges "
                      "with sign stability >= 0.9")
+        prov_extra["confidence"]["networks"] = len(members) + 1
         if conf.n_null:
             d = len(model.genes)
             notes.append(f"null: {conf.n_null} label shuffles; 99th percentile |edge| = {conf.null_threshold:.4g}; "
@@ -520,6 +596,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_screen_keys(p)
     p.set_defaults(func=cmd_embed)
 
+    p = sub.add_parser("ensemble", help="train extra stage-2 networks with other seeds: the model uncertainty of "
+                                        "`lcd predict --intervals` and the Perturb page's intervals")
+    p.add_argument("run", help="run directory written by 'lcd train'")
+    p.add_argument("--data", help="the screen the run was trained on (default: the path its config records)")
+    p.add_argument("--members", type=int, default=ENSEMBLE_MEMBERS, help="extra networks (the run's own makes one more)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_screen_keys(p)
+    p.set_defaults(func=cmd_ensemble)
+
     p = sub.add_parser("predict", help="generate cells for perturbations (unseen combinations included)")
     p.add_argument("run", help="run directory written by 'lcd train'")
     p.add_argument("--perturb", action="append", required=True,
@@ -531,6 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "sampler spreads them over its noise levels); default: the run's; trades speed for quality")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--with-control", action="store_true", help="also write predicted control cells")
+    p.add_argument("--intervals", action="store_true",
+                   help="write each gene's mean-shift interval per perturbation to var (<perturbation>_shift_low / "
+                        "_shift_high, log1p CP10k against the generated control): the cells drawn, the spread of the "
+                        "run's ensemble (`lcd ensemble`) and its errors on its training conditions (fit.json)")
+    p.add_argument("--level", type=float, default=INTERVAL_LEVEL, help="nominal coverage of --intervals")
     p.add_argument("--anchored", action="store_true",
                    help="[ours] anchored prediction: each gene's mean set by the measured singles, the distribution "
                         "and the interaction LCD's (runs with a count model)")
@@ -560,6 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directed variant: bootstrap the read-out's cells within each condition (no retraining) for "
                         "a 90%% interval and a sign stability per edge (columns lower90, upper90, sign_stability); "
                         "cached in the run directory")
+    p.add_argument("--no-ensemble", action="store_true",
+                   help="--confidence from the run's own network only, even when it has an ensemble (`lcd ensemble`)")
     p.add_argument("--n-boot", type=int, default=100, help="bootstrap resamples of --confidence (default 100)")
     p.add_argument("--null", type=int, default=0, metavar="N",
                    help="directed variant: N shuffles of the condition labels give the edge strengths without "

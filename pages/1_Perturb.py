@@ -7,6 +7,8 @@ CLIPR's linear response to a knock-down or activation of any modelled gene.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -16,8 +18,8 @@ from app_ui.jobs import run_job
 from lcd_core import KEYS, LCDError
 from lcd_core.clipr import CLIPR, VARIANTS
 from lcd_core.data._conventions import targets_of
-from lcd_core.model import condition_fit, h5ad_bytes, no_change_check, prediction_anndata, read_fit
-from lcd_core.pl import embedding_scatter, gene_violins, gi_map, gi_scatter, shift_scatter
+from lcd_core.model import FIT_FILE, condition_fit, h5ad_bytes, no_change_check, prediction_anndata, read_fit
+from lcd_core.pl import embedding_scatter, gene_violins, gi_map, gi_scatter, shift_bars, shift_scatter
 from lcd_core.tl import (INTERACTION_CLASSES, INTERACTION_COLUMNS, baseline_predictions, compare_methods,
                          double_interaction, gene_response_table, gene_shift_table, interaction_map,
                          interaction_shifts, singular_response, whatif_cells)
@@ -31,8 +33,10 @@ RESPONSE_CELLS = [30, 50, 100]
 
 
 def run_fit(run) -> dict | None:
-    """The run's fit report (fit.json), read once per run."""
-    return results.memo(("fit", state.run_key(run)), lambda: read_fit(run))
+    """The run's fit report (fit.json), read again only when the file changes (`lcd fit` rewrites it)."""
+    path = Path(run) / FIT_FILE
+    stamp = path.stat().st_mtime_ns if path.is_file() else None
+    return results.memo(("fit", state.run_key(run), stamp), lambda: read_fit(run))
 
 
 def not_reproduced(fit: dict | None) -> set[str]:
@@ -50,11 +54,9 @@ def choose_lcd(model, screen, fit: dict | None = None) -> str | None:
     """Widgets of LCD mode; returns the canonical label of the chosen perturbation. Conditions the run's
     fit check says it does not reproduce are marked in the pickers."""
     bad = not_reproduced(fit)
-    observed = set(screen.conditions) if state.same_genes(model, screen) else set()
     heldout = set(model.info.get("heldout", []))
     trained = set(model.conditions)
-    doubles = sorted({c for c in list(observed) + list(heldout) + list(trained) if len(targets_of(c)) == 2},
-                     key=lambda c: (c not in heldout, c))
+    doubles = results.double_choices(model, screen)
     singles = sorted({c for c in model.conditions if len(targets_of(c)) == 1})
 
     def tag(c: str) -> str:
@@ -142,6 +144,30 @@ def unseen_block(model, unseen: list[str]) -> None:
         st.caption("These genes are not measured by the model either, so the what-if cannot answer for them.")
 
 
+def intervals_toggle(run) -> bool:
+    """The switch of the prediction intervals, when the run has an ensemble or a calibrated fit check; says
+    how to get them otherwise."""
+    from lcd_core.model._intervals import calibration_from_fit
+
+    try:
+        ens = results.ensemble(run)
+    except LCDError as e:
+        widgets.show_error(e, "The run's ensemble")
+        ens = None
+    calibrated = calibration_from_fit(run_fit(run)) is not None
+    if ens is None and not calibrated:
+        st.caption("No prediction intervals: this run has neither an ensemble (`lcd ensemble RUN`) nor a calibrated "
+                   "fit check (`lcd fit RUN --data SCREEN`).")
+        return False
+    what = " + ".join(([f"{len(ens) + 1}-network ensemble"] if ens is not None else []) +
+                      (["calibrated on the training conditions"] if calibrated else []))
+    return st.toggle(f"Prediction intervals ({what})", value=False, key="pert_intervals",
+                     help="Each gene's mean shift with an interval: the cells drawn, the spread between networks "
+                          "trained with other seeds, and how far the run's predictions of its own training conditions "
+                          "fall from their measured shifts. Samples the perturbation once per network (about 1 s "
+                          "more on the demo's CPU), so it is off unless asked.")
+
+
 def fit_block(run, label: str, cells, obs, control, rk) -> dict:
     """The run's fit check for ``label`` (and, with observed cells, the no-change check), as one line."""
     fit = run_fit(run)
@@ -165,12 +191,14 @@ def lcd_mode(screen, run, model) -> None:
     fit = run_fit(run)
     label = choose_lcd(model, screen, fit)
     c1, c2, c3 = st.columns(3)
-    n_cells = c1.select_slider("Cells to generate", [100, 200, 300, 500, 1000], value=300, key="pert_cells")
-    seed = int(c2.number_input("Seed", 0, 10_000, 0, key="pert_seed"))
+    default = results.PERTURB_DEFAULTS
+    n_cells = c1.select_slider("Cells to generate", [100, 200, 300, 500, 1000], value=default["n_cells"],
+                               key="pert_cells")
+    seed = int(c2.number_input("Seed", 0, 10_000, default["seed"], key="pert_seed"))
     n_evals = None  # the run's own sampler and budget
     if model.info.get("sampler", "fast") == "fast":
         n_evals = int(c3.select_slider(
-            "Sampler budget (network evaluations)", [16, 32, 64, 128], value=32, key="pert_evals",
+            "Sampler budget (network evaluations)", [16, 32, 64, 128], value=default["n_evals"], key="pert_evals",
             help="Fewer is faster; 32 matches the reference sampler's quality (docs/benchmarks.md), 16 does not."))
     anchored = model.anchors is not None and st.toggle(
         "Anchored", value=False, key="pert_anchored",
@@ -238,7 +266,22 @@ def lcd_mode(screen, run, model) -> None:
     idx = {g: i for i, g in enumerate(model.genes)}
     for name, bc in base.items():
         table[f"{name}_shift"] = (bc.mean(0) - cmean)[[idx[g] for g in table["gene"]]]
+    show_intervals = intervals_toggle(run)
+    if show_intervals:
+        iv = results.intervals(run, label, cmean, cells, n_cells=n_cells, seed=seed, n_evals=n_evals,
+                               anchored=anchored, reference=screen.data_hash if same else "generated control")
+        if iv is not None:
+            table = table.merge(iv[["gene", "shift_low", "shift_high", "sd_model"]], on="gene", how="left", sort=False)
     st.dataframe(table.head(50), hide_index=True, key="shift_table")
+    if show_intervals and "shift_low" in table:
+        st.plotly_chart(shift_bars(table, top=20, title=f"{label}: the 20 largest predicted shifts"), key="shift_bars")
+        nets = (f"the spread of {iv.attrs['networks']} networks trained with other seeds (sd_model), "
+                if iv.attrs["networks"] > 1 else "")
+        cal = (f"the run's errors on its training conditions (split-conformal over {iv.attrs['n_calibration']:,} "
+               "gene shifts; column calibrated)" if iv.attrs["n_calibration"] else "no calibration (`lcd fit` adds it)")
+        st.caption(f"{iv.attrs['level']:.0%} intervals (shift_low, shift_high; error bars): the cells drawn, {nets}"
+                   f"and {cal}. Calibrated on conditions the model was trained on, they are optimistic for unseen "
+                   "combinations: measured coverage on held-out doubles in docs/benchmarks.md ('Prediction intervals').")
     d1, d2 = st.columns(2)
     d1.download_button("Download the full table (CSV)", widgets.csv_bytes(table), file_name=f"shifts_{label}.csv",
                        mime="text/csv", key="dl_shifts")

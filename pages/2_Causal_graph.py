@@ -12,7 +12,7 @@ from lcd_core import LCDError
 from lcd_core.clipr import CLIPR, VARIANTS, cached_confidence, clipr_confidence, identifiability
 from lcd_core.pl import ego_graph, ego_network
 from lcd_core.tl import (READABLE_EDGES, causal_recovery, edge_precision_recall, effects_long, readable_gene,
-                         top_k_threshold, write_graphml)
+                         graphml_bytes, top_k_threshold)
 
 #: choices of the edge control: the strongest k edges of the whole matrix
 TOP_K = [10, 25, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000]
@@ -34,20 +34,28 @@ def edge_identifiability(run, variant: str, lam, res):
 def edge_confidence(run, model):
     """The run's cached edge confidence (directed variant), computed in a background job once asked for;
     ``None`` until then."""
-    key = ("clipr_confidence", state.run_key(run), tuple(sorted(CONFIDENCE.items())))
-    conf = cached_confidence(model, variant="directed", **CONFIDENCE)
+    try:
+        ens = results.ensemble(run)
+    except LCDError as e:  # a corrupt or stale ensemble: said, and the confidence made without it
+        widgets.show_error(e, "The run's ensemble")
+        ens = None
+    members = ens.models(model)[1:] if ens is not None else []
+    key = ("clipr_confidence", state.run_key(run), tuple(sorted(CONFIDENCE.items())), len(members))
+    conf = cached_confidence(model, variant="directed", ensemble=members, **CONFIDENCE)
     if conf is not None:
         return conf
     asked = st.session_state.setdefault("cg_conf_asked", set())
+    nets = (f" of the {len(members) + 1} networks of the run's ensemble (the spread between networks included)"
+            if members else " (the run has no ensemble: `lcd ensemble` adds the spread between networks)")
     if st.button("Compute confidence (bootstrap + null)", key="cg_conf_btn",
-                 help=f"{CONFIDENCE['n_boot']} bootstrap resamples of the cells of each condition through directed "
-                      f"CLIPR (an interval and a sign stability per edge) and {CONFIDENCE['n_null']} shuffles of the "
-                      "condition labels (edge strengths without perturbation signal). Computed once, in the "
+                 help=f"{CONFIDENCE['n_boot']} bootstrap resamples of the cells of each condition{nets} through "
+                      f"directed CLIPR (an interval and a sign stability per edge) and {CONFIDENCE['n_null']} shuffles "
+                      "of the condition labels (edge strengths without perturbation signal). Computed once, in the "
                       "background, and kept in the run directory."):
         asked.add(key)
     if key not in asked:
         return None
-    return results.run_job(key, lambda: clipr_confidence(model, variant="directed", **CONFIDENCE),
+    return results.run_job(key, lambda: clipr_confidence(model, variant="directed", ensemble=members, **CONFIDENCE),
                            label="edge confidence", what="Computing edge confidence (bootstrap + shuffled-label null)",
                            store="resources")
 
@@ -143,9 +151,13 @@ def main() -> None:
                   "dotted: estimated edge absent from the truth." if overlay and truth is not None else "."))
     st.markdown(identifiability_sentence(ident, variant))
     if conf is not None:
+        nets = len(conf.params.get("ensemble_seeds") or []) + 1
+        covers = (f"the cells' sampling noise and the spread between the {nets} networks of the run's ensemble, not a "
+                  "bias they share" if nets > 1 else "sampling noise of the read-out, not the model's own error: "
+                  "`lcd ensemble` adds it")
         st.caption(f"Confidence: {int(round(100 * conf.level))} % bootstrap intervals and sign stability from "
-                   f"{conf.n_boot} resamples of the cells of each condition (sampling noise of the read-out, not "
-                   f"the model's own error); {conf.n_exceeding():,} edges exceed the 99th percentile "
+                   f"{conf.n_boot} resamples of the cells of each condition ({covers}); "
+                   f"{conf.n_exceeding():,} edges exceed the 99th percentile "
                    f"({null_thr:.3g}) of {conf.n_null} label shuffles.")
 
     if overlay and truth is not None:
@@ -177,7 +189,8 @@ def main() -> None:
     widgets.provenance_button(prov, f"effects_{variant}.csv", key="dl_edges_prov", where=d2)
     d3.download_button(f"Graph of the {n_edges:,} edges (GraphML, for Cytoscape)",
                        results.memo(("cg_graphml", state.run_key(run), variant, lam, top_k, threshold, tuple(columns)),
-                                    lambda: graphml_bytes(E, genes, threshold, prov, columns)),
+                                    lambda: graphml_bytes(E, genes, threshold=threshold, provenance=prov,
+                                                          columns=columns)),
                        file_name=f"effects_{variant}_top{top_k}.graphml", mime="application/xml", key="dl_cg_graphml")
 
 
@@ -191,15 +204,6 @@ def identifiability_sentence(ident, variant: str) -> str:
     return f"**Identifiability** ({variant}): {ident.summary()}.{why}" + (f" {ident.caveat}" if ident.caveat else "")
 
 
-def graphml_bytes(E: np.ndarray, genes: list[str], threshold: float, prov: dict, columns: dict | None = None) -> bytes:
-    """lcd_core.tl.write_graphml's file (provenance as graph attributes) as bytes for a download."""
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_graphml(Path(tmp) / "effects.graphml", E, genes, threshold=threshold, provenance=prov,
-                             columns=columns)
-        return path.read_bytes()
 
 
 try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from lcd_core import LCDError
 from lcd_core.clipr import CLIPR, VARIANTS
 from lcd_core.pl import effect_heatmap
 from lcd_core.tl import (UNASSIGNED, enrich_modules, find_modules, module_agreement, module_names, module_table, read_gmt,
-                         truth_gene_sets, write_effects_csv, write_graphml, write_modules_tsv)
+                         module_downloads, truth_gene_sets)
 
 TRUE_SETS = "true modules of the simulated screen"
 
@@ -124,14 +123,7 @@ def main() -> None:
     st.subheader("Downloads")
     prov = widgets.provenance(screen, run, variant=variant, lam=res.params.get("lam"), **mods.params,
                          gene_sets=None if src in ("none", "upload a GMT file") else src)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        write_modules_tsv(tmp / "modules.tsv", mods, enrichment=enr, provenance=prov)
-        write_effects_csv(tmp / "effects.csv", res.effects, genes, provenance=prov)
-        thr = float(np.quantile(np.abs(res.effects[~np.eye(len(genes), dtype=bool)]), 0.9))
-        write_graphml(tmp / "effects.graphml", res.effects, genes, threshold=thr, provenance=prov, modules=mods)
-        files = {n: (tmp / n).read_bytes() for n in ("modules.tsv", "effects.csv", "effects.graphml",
-                                                     "modules.provenance.json")}
+    files = module_downloads(mods, res.effects, genes, enrichment=enr, provenance=prov)
     d = st.columns(4)
     d[0].download_button("Modules (TSV)", files["modules.tsv"], "modules.tsv", "text/tab-separated-values",
                          key="dl_modules")

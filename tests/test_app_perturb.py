@@ -219,3 +219,59 @@ def test_a_combination_beyond_training_or_an_unseen_gene_is_flagged_as_extrapola
     warn = [w.value for w in at.warning if "Extrapolation" in w.value]
     assert len(warn) == 1 and f"{unseen[0]} was never perturbed in training" in warn[0]
     assert "A combination" not in warn[0]
+
+
+def test_prediction_intervals_in_the_shift_table_and_bar_chart(perturb_env):
+    """Issue 16.3: a switch adds each gene's interval to the shift table and the bar chart (calibrated on the
+    training conditions by the run's fit check; with an ensemble, its networks' spread too); without either,
+    a sentence says how to get them."""
+    from lcd_core.data import read_screen
+    from lcd_core.model import fit_ensemble
+
+    run = Path(perturb_env["run"])
+    label = perturb_env["doubles"][0]
+
+    def page_with_intervals() -> tuple:
+        at = open_page(PERTURB)
+        at.selectbox(key="pert_double").select(label).run()
+        settle(at)
+        assert "shift_low" not in find_df(at, "predicted_shift").columns  # off unless asked
+        at.toggle(key="pert_intervals").set_value(True).run()
+        settle(at)
+        assert_clean(at)
+        table = find_df(at, "predicted_shift")
+        assert {"shift_low", "shift_high", "sd_model"} <= set(table.columns)
+        assert (table["shift_low"] <= table["predicted_shift"]).all()
+        assert (table["predicted_shift"] <= table["shift_high"]).all()
+        bars = chart(at, "shift_bars")["data"]
+        assert bars[0]["type"] == "bar" and "error_x" in bars[0] and n_values(bars[0]["x"]) == 20
+        assert any(t["name"] == "observed" for t in bars)  # a held-out double with observed cells
+        return at, table
+
+    # the fit check written by training calibrates them: no ensemble needed
+    at, table = page_with_intervals()
+    assert (table["sd_model"] == 0).all()
+    assert any("split-conformal" in c.value for c in at.caption)
+
+    fit_ensemble(run, read_screen(perturb_env["screen"]), members=2)
+    fit = json.loads((run / "fit.json").read_text())
+    try:
+        at, table = page_with_intervals()
+        assert (table["sd_model"] > 0).any()
+        assert any("3 networks" in c.value for c in at.caption)
+        # neither an ensemble nor a calibrated fit check: no switch, a sentence instead
+        for name in ("ensemble.json", "ensemble.safetensors"):
+            (run / name).unlink()
+        bare = {**fit, "conditions": {c: {k: v for k, v in e.items() if k != "interval_pairs"}
+                                      for c, e in fit["conditions"].items()}}
+        (run / "fit.json").write_text(json.dumps(bare))
+        at = open_page(PERTURB)
+        at.selectbox(key="pert_double").select(label).run()
+        settle(at)
+        assert_clean(at)
+        assert any("neither an ensemble" in c.value and "lcd fit" in c.value for c in at.caption)
+        assert not [t for t in at.toggle if t.key == "pert_intervals"]
+    finally:
+        for name in ("ensemble.json", "ensemble.safetensors"):
+            (run / name).unlink(missing_ok=True)
+        (run / "fit.json").write_text(json.dumps(fit))

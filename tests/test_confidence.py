@@ -10,6 +10,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import pytest
 
+from lcd_core import LCDError
 from lcd_core.clipr import clipr_directed, clipr_directed_from_data, identifiability
 from lcd_core.clipr._identify import unresolved_directed, unresolved_paper
 from lcd_core.clipr._result import CliprResult
@@ -201,6 +202,41 @@ def test_bootstrap_covers_and_null_is_weaker_on_a_small_linear_screen():
     assert (np.abs(boot["effects"][off & (np.abs(truth) > 1)]) > q99).mean() > 0.5
     # a wrong interval (e.g. the sign flipped) must not cover
     assert ((truth >= -boot["upper"]) & (truth <= -boot["lower"]))[off & (np.abs(truth) > 1)].mean() < 0.2
+
+
+def test_bootstrap_over_an_ensemble_adds_the_spread_between_networks():
+    """Two 'networks' that learned different weights for the same system: resamples drawn from both give
+    wider intervals than from one, which cover both networks' estimates, and lower sign stability where
+    they disagree."""
+    from lcd_core.clipr import bootstrap_directed
+    from lcd_core.simulation._linear import linear_sde
+
+    d, n = 6, 400
+    rng = np.random.default_rng(3)
+    sde = linear_sde(d, expected_degree=2, rng=rng)
+
+    def draw(A):
+        C = np.zeros((d, d + 1))
+        C[np.arange(d), np.arange(1, d + 1)] = sde.shifts
+        means = -np.linalg.solve(A, sde.bias[:, None] + C)
+        chol = np.linalg.cholesky(sde.cov)
+        return [means[:, k] + rng.normal(size=(n, d)) @ chol.T for k in range(d + 1)]
+
+    tidx = [None, *range(d)]
+    other = sde.sde_matrix + np.diag(np.full(d - 1, 0.6), 1)  # a second network's drift: other off-diagonal terms
+    own, member = draw(sde.sde_matrix), draw(other)
+    alone = bootstrap_directed(own, tidx, n_boot=40, rng=1)
+    pooled = bootstrap_directed(own, tidx, n_boot=40, rng=1, members=[member])
+    off = ~np.eye(d, dtype=bool)
+    width = lambda b: (b["upper"] - b["lower"])[off].mean()  # noqa: E731
+    assert width(pooled) > 1.5 * width(alone)
+    theirs = bootstrap_directed(member, tidx, n_boot=40, rng=1)["effects"]
+    inside = lambda b, e: ((e >= b["lower"]) & (e <= b["upper"]))[off].mean()  # noqa: E731
+    assert inside(pooled, theirs) > inside(alone, theirs) + 0.2
+    disagree = off & (np.sign(theirs) != np.sign(alone["effects"]))
+    assert disagree.any() and pooled["sign_stability"][disagree].mean() < alone["sign_stability"][disagree].mean()
+    with pytest.raises(LCDError, match="same conditions"):
+        bootstrap_directed(own, tidx, n_boot=4, members=[member[:-1]])
 
 
 @pytest.mark.slow  # a CLIPR read-out of the demo plus 100 resamples (~30 s)

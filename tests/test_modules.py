@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import networkx as nx
@@ -124,6 +125,18 @@ def test_exports_with_provenance(tmp_path):
     assert json.loads(G.graph["threshold"]) == 0.5
     with pytest.raises(ConfigError):
         write_effects_csv(tmp_path / "x.csv", E, genes, provenance={"bad": object()})
+    # the app's downloads are the files the CLI writes, as bytes
+    from lcd_core.tl import graphml_bytes, module_downloads
+
+    assert graphml_bytes(E, genes, threshold=0.5, provenance=prov, modules=mods) == g.read_bytes()
+    files = module_downloads(mods, E, genes, enrichment=enr, provenance=prov)
+    assert files["modules.tsv"] == t.read_bytes()
+    assert files["modules.provenance.json"] == (tmp_path / "m.provenance.json").read_bytes()
+    pd.testing.assert_frame_equal(pd.read_csv(io.BytesIO(files["effects.csv"])), effects_long(E, genes))
+    top = nx.read_graphml(io.BytesIO(files["effects.graphml"]))
+    off = np.abs(E[~np.eye(12, dtype=bool)])
+    assert top.number_of_edges() == (off > np.quantile(off, 0.9)).sum() > 0  # the top 10 % of edges
+    assert {d["module"] for _, d in top.nodes(data=True)} >= set(mods.labels) - {""}
 
 
 def test_module_table_agreement_and_truth_sets():

@@ -13,8 +13,13 @@
   distribution of edge strengths without perturbation signal. Edges above its 99th percentile are reported.
   The covariance is kept by the shuffle, so the null's edges are those of the symmetric −Σ⁻¹/2 that the
   covariance alone gives, plus noise: exceeding it means stronger than what the covariance and chance make.
-- :func:`clipr_confidence`: both for a trained run, computed once and cached in the run directory
-  (``cache/clipr-confidence-<key>.npz``, key with :data:`ALGORITHM_VERSION` and the options).
+- **The model's uncertainty** (``ensemble=``, the networks of ``lcd ensemble``): each network draws the
+  read-out's cells, and resample b is drawn from network b mod M (the run's own is network 0). The
+  percentile interval and the sign stability then pool resamples of every network: they cover the cells'
+  noise and the spread between networks trained with other seeds, not a bias all of them share.
+- :func:`clipr_confidence`: all of it for a trained run, computed once and cached in the run directory
+  (``cache/clipr-confidence-<key>.npz``, key with :data:`ALGORITHM_VERSION`, the options and the
+  ensemble's seeds).
 """
 
 from __future__ import annotations
@@ -116,7 +121,7 @@ def _solve(means, Sigma, target_index, solver) -> np.ndarray:
 
 def bootstrap_directed(cells: Sequence[np.ndarray], target_index: Sequence[int | None], *, n_boot: int = 100,
                        level: float = 0.9, rng=0, effects: np.ndarray | None = None,
-                       **solver) -> dict[str, np.ndarray]:
+                       members: Sequence[Sequence[np.ndarray]] = (), **solver) -> dict[str, np.ndarray]:
     """Bootstrap of cells within each condition through directed CLIPR (see the module docstring).
 
     Parameters
@@ -133,6 +138,9 @@ def bootstrap_directed(cells: Sequence[np.ndarray], target_index: Sequence[int |
         Seed or Generator.
     effects
         ``(d, d)`` point estimate whose sign the stability refers to; default the estimate from ``cells``.
+    members
+        The same conditions' cells drawn by other networks (an ensemble): resample b comes from network
+        b mod (1 + len(members)), ``cells`` being network 0.
     **solver
         Passed to :func:`clipr_directed` (``weight_on_target``, ``ridge``, ``tol``).
 
@@ -147,12 +155,14 @@ def bootstrap_directed(cells: Sequence[np.ndarray], target_index: Sequence[int |
     if not 0 < level < 1:
         raise ConfigError(f"level must lie in (0, 1), got {level}")
     rng = np.random.default_rng(rng)
-    X = [np.asarray(x, dtype=float) for x in cells]
+    nets = [[np.asarray(x, dtype=float) for x in c] for c in (cells, *members)]
+    if any(len(c) != len(nets[0]) for c in nets):
+        raise ConfigError("every network must draw the same conditions")
     if effects is None:
-        effects = _solve(*_moments(X), target_index, solver)
+        effects = _solve(*_moments(nets[0]), target_index, solver)
     samples = np.empty((n_boot, *effects.shape))
     for b in range(n_boot):
-        Xb = [x[rng.integers(0, len(x), len(x))] for x in X]
+        Xb = [x[rng.integers(0, len(x), len(x))] for x in nets[b % len(nets)]]
         samples[b] = _solve(*_moments(Xb), target_index, solver)
     alpha = (1 - level) / 2
     lower, upper = np.quantile(samples, [alpha, 1 - alpha], axis=0)
@@ -184,7 +194,7 @@ def null_directed(cells: Sequence[np.ndarray], target_index: Sequence[int | None
 
 def clipr_confidence(model: LCD, options: CliprOptions | None = None, *, n_boot: int = 100, level: float = 0.9,
                      n_null: int = 0, seed: int = 0, use_cache: bool = True, predict=None, screen=None,
-                     **overrides) -> CliprConfidence:
+                     ensemble: Sequence[LCD] = (), **overrides) -> CliprConfidence:
     """Bootstrap confidence (and optionally the shuffled-label null) of a run's directed CLIPR, cached.
 
     Parameters
@@ -204,6 +214,10 @@ def clipr_confidence(model: LCD, options: CliprOptions | None = None, *, n_boot:
         Read / write ``cache/clipr-confidence-<key>.npz`` in the run directory.
     predict, screen
         As for :func:`get_clipr`.
+    ensemble
+        Other networks of the run (:meth:`lcd_core.model.Ensemble.models` without the first): their cells
+        join the bootstrap (module docstring). Not with ``source="data"``: measured cells do not depend on
+        the network.
 
     Returns
     -------
@@ -215,7 +229,10 @@ def clipr_confidence(model: LCD, options: CliprOptions | None = None, *, n_boot:
         raise ConfigError("edge confidence resamples the cells directed CLIPR reads: use the directed variant with "
                           "source 'cells' or 'data' (the paper variant and source 'fixed_points' draw no cells per "
                           "condition)")
-    conf_params = {"n_boot": int(n_boot), "level": float(level), "n_null": int(n_null), "seed": int(seed)}
+    if ensemble and opts.source == "data":
+        raise ConfigError("an ensemble adds the spread between networks' generated cells; with source='data' "
+                          "every network reads the same measured cells")
+    conf_params = _conf_params(n_boot, level, n_null, seed, ensemble)
     cache = _cache_path(model, opts, conf_params)
     if use_cache and cache is not None and cache.exists():
         return _load(cache)
@@ -227,8 +244,10 @@ def clipr_confidence(model: LCD, options: CliprOptions | None = None, *, n_boot:
     t1 = time.perf_counter()
     solver = solver_args(opts)
     rng = np.random.default_rng(seed)
+    members = [directed_cells(m, labels, opts) for m in ensemble]
+    t_members = time.perf_counter()
     boot = bootstrap_directed(cells, target_index, n_boot=n_boot, level=level, rng=rng, effects=point.effects,
-                              **solver)
+                              members=members, **solver)
     t2 = time.perf_counter()
     d = point.effects.shape[0]
     if n_null:
@@ -238,7 +257,8 @@ def clipr_confidence(model: LCD, options: CliprOptions | None = None, *, n_boot:
     else:
         quant, exceeds = np.zeros(0), np.zeros((d, d), dtype=bool)
     t3 = time.perf_counter()
-    params = {**point.params, **conf_params, "seconds_cells": t1 - t0, "seconds_bootstrap": t2 - t1,
+    params = {**point.params, **conf_params, "seconds_cells": t1 - t0, "seconds_ensemble_cells": t_members - t1,
+              "seconds_bootstrap": t2 - t_members,
               "seconds_null": t3 - t2, "algorithm": ALGORITHM_VERSION}
     out = CliprConfidence(effects=point.effects, lower=boot["lower"], upper=boot["upper"],
                           sign_stability=boot["sign_stability"], level=float(level), n_boot=int(n_boot),
@@ -249,15 +269,23 @@ def clipr_confidence(model: LCD, options: CliprOptions | None = None, *, n_boot:
 
 
 def cached_confidence(model: LCD, options: CliprOptions | None = None, *, n_boot: int = 100, level: float = 0.9,
-                      n_null: int = 0, seed: int = 0, **overrides) -> CliprConfidence | None:
+                      n_null: int = 0, seed: int = 0, ensemble: Sequence[LCD] = (),
+                      **overrides) -> CliprConfidence | None:
     """The run's cached :func:`clipr_confidence` for these arguments, or ``None`` when it was never computed
     (nothing is computed: what a page asks before it offers to start the computation)."""
     opts = clipr_options(options, **overrides)
     if opts.variant != "directed" or opts.source == "fixed_points":
         return None
-    conf_params = {"n_boot": int(n_boot), "level": float(level), "n_null": int(n_null), "seed": int(seed)}
-    cache = _cache_path(model, opts, conf_params)
+    cache = _cache_path(model, opts, _conf_params(n_boot, level, n_null, seed, ensemble))
     return _load(cache) if cache is not None and cache.exists() else None
+
+
+def _conf_params(n_boot, level, n_null, seed, ensemble) -> dict:
+    """What a cached confidence was made with (its key): the networks by their stage-2 seeds."""
+    out = {"n_boot": int(n_boot), "level": float(level), "n_null": int(n_null), "seed": int(seed)}
+    if ensemble:
+        out["ensemble_seeds"] = [int(m.info.get("stage2_seed", -1)) for m in ensemble]
+    return out
 
 
 def _cache_path(model: LCD, opts: CliprOptions, conf_params: dict) -> Path | None:

@@ -66,14 +66,16 @@ def fit_condition(pred: np.ndarray, obs: np.ndarray, control: np.ndarray, *, top
     -------
     dict: ``n_obs``, ``r`` (Pearson of predicted vs observed mean shift from the control mean over the
     top genes), ``magnitude`` (norm ratio), ``r_ceiling`` (mean split-half correlation) with
-    ``r_ceiling_range``, ``magnitude_range`` (min and max split-half ratio), and with validation cells
+    ``r_ceiling_range``, ``magnitude_range`` (min and max split-half ratio), ``interval_pairs`` (the top
+    genes' predicted and observed shifts: the prediction intervals' calibration), and with validation cells
     ``n_validation``, ``r_validation`` (prediction vs the validation cells' shift) and
     ``r_validation_ceiling`` (the training cells' mean shift vs the validation cells').
     """
     genes = top_de_genes(obs, control, k=top)
     ctrl = control[:, genes].mean(0)
     obs_g = obs[:, genes]
-    r, magnitude = _shift_stats(pred[:, genes].mean(0) - ctrl, obs_g.mean(0) - ctrl)
+    pred_shift, obs_shift = pred[:, genes].mean(0) - ctrl, obs_g.mean(0) - ctrl
+    r, magnitude = _shift_stats(pred_shift, obs_shift)
     reps = []
     for _ in range(n_splits):
         a, b = split_half(len(obs_g), rng)
@@ -81,7 +83,10 @@ def fit_condition(pred: np.ndarray, obs: np.ndarray, control: np.ndarray, *, top
     rep = np.array(reps, dtype=np.float64)
     out = {"n_obs": int(len(obs)), "r": r, "magnitude": magnitude,
            "r_ceiling": _nanmean(rep[:, 0]), "r_ceiling_range": _range(rep[:, 0]),
-           "magnitude_range": _range(rep[:, 1])}
+           "magnitude_range": _range(rep[:, 1]),
+           # the prediction intervals' calibration (lcd_core.model._intervals.Calibration)
+           "interval_pairs": {"predicted": [round(float(v), 5) for v in pred_shift],
+                              "observed": [round(float(v), 5) for v in obs_shift]}}
     if validation is not None and validation.sum() >= 2 and (~validation).sum() >= 2:
         val_shift = obs_g[validation].mean(0) - ctrl
         out.update(n_validation=int(validation.sum()),

@@ -23,7 +23,7 @@ from .._device import resolve_device
 from ..data import Screen, file_space_record
 from ..data._conventions import targets_of
 from ..errors import ConfigError, RunError
-from ..module import QuantileDecoder, ZIPNoise, unit_scale_from_counts
+from ..module import QuantileDecoder, unit_scale_from_counts
 from ..pp import explicit_split, fold_split, split_combinations
 from ..train import Progress, ProgressFn, fit_stage1, fit_stage2, standardize
 from ._anchor import fit_anchors
@@ -109,6 +109,40 @@ def resolve_split(screen: Screen, *, heldout: list[str] | None = None, fold: int
             "source": source}
 
 
+def stage2_samples(screen: Screen, train_conds: list[str], held_cells: dict[str, list[int]], config: TrainConfig,
+                   fit1, *, counts_mode: bool, with_validation: bool = True):
+    """Stage 2's training and validation samples of a screen, one ``(n, d)`` array per training condition
+    (control first): latent states drawn from stage 1's generators (count mode; ``fit1(counts, unit_scale,
+    **kw)`` fits stage 1) or the normalised cells themselves (no measurement model).
+
+    Returns
+    -------
+    ``(latents, val_latents or None, noise model or None, observed cells or None)``; the observed cells
+    (no-count mode) are what the zero-aware decoder is fitted on.
+    """
+    validating = any(held_cells[c] for c in train_conds)
+    if counts_mode:
+        parts = [_split_rows(screen.counts(c), held_cells[c]) for c in train_conds]
+        counts = [tr for tr, _ in parts]
+        kw = {"val_counts": [va for _, va in parts]} if validating and with_validation else {}
+        del parts
+        res1 = fit1(counts, unit_scale_from_counts(counts[0]), **kw)
+        if hasattr(res1, "use_best"):  # the sharded Ray result keeps no validation state
+            res1.use_best()
+        latents = res1.sample_latents(config.n_latent_samples, seed=config.seed)
+        # stage 2's held-out signal in this mode: fresh draws of the same generators (another seed), i.e.
+        # whether the score net learned each condition's distribution or memorised its finite sample
+        val_latents = (res1.sample_latents(max(1, MAX_STAGE2_VALIDATION // len(train_conds)), seed=config.seed + 1)
+                       if validating else None)
+        return latents, val_latents, res1.noise, None
+    # no measurement model (PRODUCT.md "Data in"): stage 2 directly on the normalised values, decoded
+    # back onto the data's domain by a zero-aware decoder fitted after stage 2 (README "No-count mode");
+    # its held-out signal is the validation cells themselves
+    parts = [_split_rows(screen.log1p(c).astype(np.float32), held_cells[c]) for c in train_conds]
+    latents = [tr for tr, _ in parts]
+    return latents, ([va for _, va in parts] if validating else None), None, latents
+
+
 def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device: str = "auto",
           heldout: list[str] | None = None, fold: int | None = None, progress: ProgressFn | None = None,
           max_seconds_per_stage: float | None = None, stage1_fit=fit_stage1) -> LCD:
@@ -186,43 +220,22 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
             progress(p)
 
     torch.manual_seed(config.seed)
-    noise: ZIPNoise | None = None
-    validating = any(held_cells[c] for c in train_conds)
-    if mode == "counts":
-        parts = [_split_rows(screen.counts(c), held_cells[c]) for c in train_conds]
-        counts = [tr for tr, _ in parts]
-        s1_kwargs = {}
-        if validating and "val_counts" in inspect.signature(stage1_fit).parameters:
-            s1_kwargs["val_counts"] = [va for _, va in parts]
-        del parts
-        unit_scale = unit_scale_from_counts(counts[0])
+
+    def fit1(counts, unit_scale, **kw):
         res1 = _run_sliced(
             "stage1", run, config.checkpoint_seconds, max_seconds_per_stage,
             lambda state, secs: stage1_fit(counts, unit_scale, config.stage1, device=dev, state=state, max_seconds=secs,
-                                           progress=report, **s1_kwargs),
+                                           progress=report, **kw),
             get_state=lambda r: r.state_dict(), is_done=lambda r: r.done,
         )
-        if hasattr(res1, "use_best"):  # the sharded Ray result keeps no validation state
-            res1.use_best()
-        noise = res1.noise
         if getattr(res1, "best", None) is not None:
             run.log({"event": "best", "stage": "stage1", "step": int(res1.best["step"]),
                      "val_loss": float(res1.best["val_loss"])})
-        latents = res1.sample_latents(config.n_latent_samples, seed=config.seed)
-        # stage 2's held-out signal in this mode: fresh draws of the same generators (another seed), i.e.
-        # whether the score net learned each condition's distribution or memorised its finite sample
-        val_latents = (res1.sample_latents(max(1, MAX_STAGE2_VALIDATION // len(train_conds)), seed=config.seed + 1)
-                       if validating else None)
-        del counts, res1
-    else:
-        # no measurement model (PRODUCT.md "Data in"): stage 2 directly on the normalised values, decoded
-        # back onto the data's domain by a zero-aware decoder fitted after stage 2 (README "No-count mode");
-        # its held-out signal is the validation cells themselves
-        parts = [_split_rows(screen.log1p(c).astype(np.float32), held_cells[c]) for c in train_conds]
-        latents = [tr for tr, _ in parts]
-        val_latents = [va for _, va in parts] if validating else None
-        observed = latents
-        del parts
+        return res1
+
+    latents, val_latents, noise, observed = stage2_samples(screen, train_conds, held_cells, config, fit1,
+                                                           counts_mode=mode == "counts",
+                                                           with_validation="val_counts" in inspect.signature(stage1_fit).parameters)
     x, mu, sd = standardize(latents, control_index=0)
     del latents
     val_x = None

@@ -91,3 +91,27 @@ def gene_violins(cells: Mapping[str, np.ndarray], gene: str, genes: Sequence[str
     fig.update_layout(title=title or gene, height=380, showlegend=False, yaxis_title=f"{gene} (log1p CP10k)",
                       margin=dict(l=10, r=10, t=40, b=10))
     return fig
+
+
+def shift_bars(table: pd.DataFrame, *, top: int = 20, title: str | None = None) -> go.Figure:
+    """The ``top`` genes' predicted mean shift as bars, ranked by |shift|, with the prediction interval
+    (columns ``shift_low``, ``shift_high``; :func:`lcd_core.model.shift_intervals`) as error bars where
+    the table has them and the observed shift (``observed_shift``) as a marker where it has that.
+    Shifts in log1p CP10k against control."""
+    rows = table.reindex(table["predicted_shift"].abs().sort_values(ascending=False).index).head(top).iloc[::-1]
+    y = rows["gene"].astype(str).tolist()
+    pred = rows["predicted_shift"].to_numpy(dtype=float)
+    error = None
+    if {"shift_low", "shift_high"} <= set(rows):
+        error = dict(type="data", symmetric=False, array=rows["shift_high"].to_numpy(dtype=float) - pred,
+                     arrayminus=pred - rows["shift_low"].to_numpy(dtype=float), color="#444444", thickness=1.2)
+    fig = go.Figure(go.Bar(x=pred, y=y, orientation="h", name="predicted", error_x=error,
+                           marker_color=SOURCE_COLOURS["predicted"],
+                           hovertemplate="%{y}: predicted %{x:.3f}<extra></extra>"))
+    if "observed_shift" in rows:
+        fig.add_trace(go.Scatter(x=rows["observed_shift"].to_numpy(dtype=float), y=y, mode="markers", name="observed",
+                                 marker=dict(color=SOURCE_COLOURS["observed"], size=8, symbol="diamond"),
+                                 hovertemplate="%{y}: observed %{x:.3f}<extra></extra>"))
+    fig.update_layout(title=title, height=max(300, 22 * len(rows) + 80), xaxis_title="mean shift (log1p CP10k)",
+                      margin=dict(l=10, r=10, t=40 if title else 10, b=10), legend=dict(orientation="h", y=-0.15))
+    return fig

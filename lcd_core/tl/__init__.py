@@ -7,7 +7,8 @@ from ..clipr import (CliprResult, clipr_directed, clipr_directed_from_data, clip
                      singular_response, whatif_shift)
 from ._embedding import ReferenceEmbedding, fit_reference_embedding, reference_cells
 from ._enrichment import bh_adjust, enrich_modules, read_gmt
-from ._export import effects_long, provenance_json, provenance_path, write_effects_csv, write_graphml, write_modules_tsv
+from ._export import (effects_long, graphml_bytes, module_downloads, provenance_json, provenance_path, write_effects_csv,
+                      write_graphml, write_modules_tsv)
 from ._explore import baseline_predictions, compare_methods, double_interaction, fit_baselines, gene_shift_table
 from ._gi import interaction_map, interaction_shifts
 from ._graph_view import READABLE_EDGES, edge_counts, readable_gene, top_k_threshold
@@ -29,7 +30,7 @@ __all__ = [
     "read_gmt", "enrich_modules", "bh_adjust",
     "interaction_scores", "classify_interactions", "DEFAULT_THRESHOLDS", "interaction_from_cells", "distance_correlation",
     "INTERACTION_COLUMNS", "INTERACTION_CLASSES", "interaction_shifts", "interaction_map", "gene_response_table",
-    "effects_long", "write_effects_csv", "write_modules_tsv", "write_graphml", "provenance_path", "provenance_json",
+    "effects_long", "write_effects_csv", "write_modules_tsv", "write_graphml", "graphml_bytes", "module_downloads", "provenance_path", "provenance_json",
     "sign_auroc", "sign_macro_f1", "causal_recovery", "edge_precision_recall", "UNASSIGNED",
     "ReferenceEmbedding", "fit_reference_embedding", "reference_cells",
     "whatif_drift_shift", "whatif_cells", "singular_response", "gene_shift_table", "double_interaction", "fit_baselines",

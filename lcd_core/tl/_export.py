@@ -7,6 +7,7 @@ Excel — and their provenance goes to a JSON sidecar beside them (:func:`proven
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping, Sequence
 from os import PathLike
@@ -100,6 +101,20 @@ def write_effects_csv(
     return path
 
 
+def _modules_frame(modules, enrichment: pd.DataFrame | None, n_terms: int) -> pd.DataFrame:
+    terms = {}
+    if enrichment is not None and len(enrichment):
+        for m, sub in enrichment.groupby("module", sort=False):
+            terms[m] = ";".join(sub["term"].astype(str).head(n_terms))
+    hubs = {g for hs in modules.hubs.values() for g in hs}
+    return pd.DataFrame({
+        "gene": modules.genes,
+        "module": modules.labels,
+        "is_hub": [g in hubs for g in modules.genes],
+        "top_terms": [terms.get(m, "") for m in modules.labels],
+    })
+
+
 def write_modules_tsv(
     path: str | PathLike, modules, *, enrichment: pd.DataFrame | None = None, provenance: Mapping | None = None,
     n_terms: int = 3,
@@ -108,22 +123,31 @@ def write_modules_tsv(
     (with the clustering's parameters) to the sidecar :func:`provenance_path`; ``top_terms`` are the
     module's first ``n_terms`` enriched terms (``;``-joined). Returns the TSV's path."""
     path = Path(path)
-    terms = {}
-    if enrichment is not None and len(enrichment):
-        for m, sub in enrichment.groupby("module", sort=False):
-            terms[m] = ";".join(sub["term"].astype(str).head(n_terms))
-    hubs = {g for hs in modules.hubs.values() for g in hs}
-    df = pd.DataFrame({
-        "gene": modules.genes,
-        "module": modules.labels,
-        "is_hub": [g in hubs for g in modules.genes],
-        "top_terms": [terms.get(m, "") for m in modules.labels],
-    })
     prov = _provenance(provenance)
     prov["modules"] = dict(modules.params)
-    df.to_csv(path, sep="\t", index=False)
+    _modules_frame(modules, enrichment, n_terms).to_csv(path, sep="\t", index=False)
     _write_sidecar(path, prov)
     return path
+
+
+def _effects_graph(effects: np.ndarray, genes: Sequence[str], *, threshold: float, provenance: Mapping | None,
+                   modules, columns: Mapping[str, np.ndarray] | None):
+    import networkx as nx
+
+    df = effects_long(effects, genes, threshold=threshold, columns=columns)
+    G = nx.DiGraph()
+    labels = dict(zip(modules.genes, modules.labels)) if modules is not None else {}
+    for g in genes:
+        G.add_node(str(g), module=str(labels.get(g, "")))
+    names = list(df.columns[3:])
+    for row in df.itertuples(index=False):
+        s, t, e = row[:3]
+        attrs = {n: (v.item() if isinstance(v, np.generic) else v) for n, v in zip(names, row[3:])}
+        G.add_edge(str(s), str(t), effect=float(e), weight=abs(float(e)), sign=int(np.sign(e)), **attrs)
+    prov = _provenance(provenance)
+    prov["threshold"] = threshold
+    G.graph.update({k: json.dumps(v) for k, v in prov.items()})  # GraphML holds scalars: store JSON text
+    return G
 
 
 def write_graphml(
@@ -138,18 +162,37 @@ def write_graphml(
     import networkx as nx
 
     path = Path(path)
-    df = effects_long(effects, genes, threshold=threshold, columns=columns)
-    G = nx.DiGraph()
-    labels = dict(zip(modules.genes, modules.labels)) if modules is not None else {}
-    for g in genes:
-        G.add_node(str(g), module=str(labels.get(g, "")))
-    names = list(df.columns[3:])
-    for row in df.itertuples(index=False):
-        s, t, e = row[:3]
-        attrs = {n: (v.item() if isinstance(v, np.generic) else v) for n, v in zip(names, row[3:])}
-        G.add_edge(str(s), str(t), effect=float(e), weight=abs(float(e)), sign=int(np.sign(e)), **attrs)
-    prov = _provenance(provenance)
-    prov["threshold"] = threshold
-    G.graph.update({k: json.dumps(v) for k, v in prov.items()})  # GraphML holds scalars: store JSON text
-    nx.write_graphml(G, path)
+    nx.write_graphml(_effects_graph(effects, genes, threshold=threshold, provenance=provenance, modules=modules,
+                                    columns=columns), path)
     return path
+
+
+def graphml_bytes(effects: np.ndarray, genes: Sequence[str], *, threshold: float = 0.0,
+                  provenance: Mapping | None = None, modules=None,
+                  columns: Mapping[str, np.ndarray] | None = None) -> bytes:
+    """:func:`write_graphml`'s file as bytes (a download button's payload)."""
+    import networkx as nx
+
+    buf = io.BytesIO()
+    nx.write_graphml(_effects_graph(effects, genes, threshold=threshold, provenance=provenance, modules=modules,
+                                    columns=columns), buf)
+    return buf.getvalue()
+
+
+def module_downloads(modules, effects: np.ndarray, genes: Sequence[str], *, enrichment: pd.DataFrame | None = None,
+                     provenance: Mapping | None = None, edge_quantile: float = 0.9,
+                     n_terms: int = 3) -> dict[str, bytes]:
+    """The Modules page's downloads, the files the CLI writes, as bytes: ``modules.tsv``
+    (:func:`write_modules_tsv`), ``effects.csv`` (every edge), ``effects.graphml`` (edges above the
+    ``edge_quantile`` of |effect|, module per node) and ``modules.provenance.json``."""
+    E = np.asarray(effects, dtype=float)
+    off = ~np.eye(E.shape[0], dtype=bool)
+    thr = float(np.quantile(np.abs(E[off]), edge_quantile)) if off.any() else 0.0
+    prov = _provenance(provenance)
+    prov["modules"] = dict(modules.params)
+    return {
+        "modules.tsv": _modules_frame(modules, enrichment, n_terms).to_csv(sep="\t", index=False).encode(),
+        "effects.csv": effects_long(E, genes).to_csv(index=False).encode(),
+        "effects.graphml": graphml_bytes(E, genes, threshold=thr, provenance=provenance, modules=modules),
+        "modules.provenance.json": _text(prov).encode(),
+    }
