@@ -109,11 +109,13 @@ def ensemble(run_path: str | Path):
     return _ensemble(run_key(run_path), meta.stat().st_mtime)
 
 
-def intervals(run_path: str | Path, label: str, control_mean: np.ndarray, cells: np.ndarray, *, n_cells: int,
-              seed: int, n_evals: int | None, anchored: bool, reference: str, wait: float = 1.0):
+def intervals(run_path: str | Path, label: str, control: np.ndarray, cells: np.ndarray, *, n_cells: int,
+              seed: int, n_evals: int | None, anchored: bool, reference: str, generated_control: bool = False,
+              wait: float = 1.0):
     """The prediction intervals of ``label``'s mean shifts (:func:`lcd_core.model.shift_intervals`: the run's
     ensemble when it has one, its fit check's calibration when it has one), computed in the background once
-    per (run, label, settings, reference control); ``None`` while running."""
+    per (run, label, settings, reference control); ``None`` while running. ``control``: the reference control
+    cells; ``generated_control``: they are the model's own, so their sampling error joins the interval."""
     from lcd_core.model import read_fit, shift_intervals
     from lcd_core.model._intervals import calibration_from_fit
 
@@ -123,9 +125,11 @@ def intervals(run_path: str | Path, label: str, control_mean: np.ndarray, cells:
     calibration = calibration_from_fit(read_fit(run_path))  # a small JSON file, read again: `lcd fit` may rewrite it
     key = ("intervals", run_key(run_path), label, int(n_cells), int(seed), n_evals, bool(anchored), reference,
            len(models), None if calibration is None else len(calibration))
-    return run_job(key, lambda: shift_intervals(models, label, control_mean, n_cells=n_cells, seed=seed,
+    control = np.asarray(control, dtype=np.float64)
+    control_se = control.std(0, ddof=1) / np.sqrt(len(control)) if generated_control else None
+    return run_job(key, lambda: shift_intervals(models, label, control.mean(0), n_cells=n_cells, seed=seed,
                                                 n_evals=n_evals, anchored=anchored, cells=cells,
-                                                calibration=calibration),
+                                                calibration=calibration, control_se=control_se),
                    label="prediction intervals", what=f"Sampling {label} with the {len(models)} networks of the "
                    "ensemble", wait=wait)
 

@@ -1,7 +1,7 @@
 """The ``lcd`` command line: every step the app does, scriptable (PRODUCT.md, "Command line").
 
 Each sub-command is a small function that parses nothing itself: argparse does that, the engine does the
-work. Heavy imports (torch, anndata) happen inside the commands so that ``lcd --help`` is instant.
+work. One file over 400 lines on purpose: every command and its parser, found in one place. Heavy imports (torch, anndata) happen inside the commands so that ``lcd --help`` is instant.
 
 Errors: an :class:`~lcd_core.errors.LCDError` (bad input, bad configuration) prints one line on stderr
 and exits 2; an unexpected exception prints one line and exits 1 (``LCD_DEBUG=1`` shows the traceback);
@@ -251,14 +251,9 @@ def cmd_fit(args: argparse.Namespace) -> None:
 def cmd_embed(args: argparse.Namespace) -> None:
     import time
 
-    from .data import read_screen
-    from .model import LCD, RunDir, embedding_path, get_embedding
+    from .model import LCD, embedding_path, get_embedding
 
-    cfg = RunDir(args.run).require_complete()
-    data = args.data or cfg.get("data_path")
-    if not data:
-        raise ConfigError(f"{args.run} does not record its screen; pass --data SCREEN")
-    screen = read_screen(data, **_follow_run(_screen_kwargs(args), args.run))
+    screen = _run_screen(args)
     model = LCD.load(args.run, device="cpu")
     path = embedding_path(model, screen, method=args.method)
     had = path.is_file()
@@ -269,15 +264,22 @@ def cmd_embed(args: argparse.Namespace) -> None:
     print(f"reference {args.method.upper()} of {emb.params['n_cells']:,} control + training cells: {how}; saved in {where}")
 
 
-def cmd_ensemble(args: argparse.Namespace) -> None:
+def _run_screen(args: argparse.Namespace):
+    """The screen a finished run was trained on: ``--data``, else the path its config records, read as it was."""
     from .data import read_screen
-    from .model import RunDir, fit_ensemble
+    from .model import RunDir
 
     cfg = RunDir(args.run).require_complete()
     data = args.data or cfg.get("data_path")
     if not data:
         raise ConfigError(f"{args.run} does not record its screen; pass --data SCREEN")
-    screen = read_screen(data, **_follow_run(_screen_kwargs(args), args.run))
+    return read_screen(data, **_follow_run(_screen_kwargs(args), args.run))
+
+
+def cmd_ensemble(args: argparse.Namespace) -> None:
+    from .model import fit_ensemble
+
+    screen = _run_screen(args)
     bar = _ProgressBar(args.quiet)
     try:
         ens = fit_ensemble(args.run, screen, members=args.members, device=args.device, progress=bar)

@@ -268,8 +268,9 @@ def lcd_mode(screen, run, model) -> None:
         table[f"{name}_shift"] = (bc.mean(0) - cmean)[[idx[g] for g in table["gene"]]]
     show_intervals = intervals_toggle(run)
     if show_intervals:
-        iv = results.intervals(run, label, cmean, cells, n_cells=n_cells, seed=seed, n_evals=n_evals,
-                               anchored=anchored, reference=screen.data_hash if same else "generated control")
+        iv = results.intervals(run, label, control, cells, n_cells=n_cells, seed=seed, n_evals=n_evals,
+                               anchored=anchored, reference=screen.data_hash if same else "generated control",
+                               generated_control=not same)
         if iv is not None:
             table = table.merge(iv[["gene", "shift_low", "shift_high", "sd_model"]], on="gene", how="left", sort=False)
     st.dataframe(table.head(50), hide_index=True, key="shift_table")

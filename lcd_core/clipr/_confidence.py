@@ -113,10 +113,10 @@ def _moments(cells: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return means, scatter / (sum(len(x) for x in cells) - len(cells))
 
 
-def _solve(means, Sigma, target_index, solver) -> np.ndarray:
+def _solve(means, Sigma, target_index, solver, x0=None) -> np.ndarray:
     with warnings.catch_warnings():  # an unconverged resample is as informative as the others
         warnings.simplefilter("ignore")
-        return clipr_directed_from_data(None, target_index, Sigma=Sigma, means=means, **solver).effects
+        return clipr_directed_from_data(None, target_index, Sigma=Sigma, means=means, x0=x0, **solver).effects
 
 
 def bootstrap_directed(cells: Sequence[np.ndarray], target_index: Sequence[int | None], *, n_boot: int = 100,
@@ -163,7 +163,7 @@ def bootstrap_directed(cells: Sequence[np.ndarray], target_index: Sequence[int |
     samples = np.empty((n_boot, *effects.shape))
     for b in range(n_boot):
         Xb = [x[rng.integers(0, len(x), len(x))] for x in nets[b % len(nets)]]
-        samples[b] = _solve(*_moments(Xb), target_index, solver)
+        samples[b] = _solve(*_moments(Xb), target_index, solver, x0=effects.T)  # CG starts at the estimate
     alpha = (1 - level) / 2
     lower, upper = np.quantile(samples, [alpha, 1 - alpha], axis=0)
     stability = (np.sign(samples) == np.sign(effects)[None]).mean(0)

@@ -8,6 +8,9 @@ Layout::
         checkpoints/         stage1.pt, stage2.pt: resumable state (tensors + plain values only; removed on completion)
         model.safetensors    final weights
         model.json           everything else the model needs to be rebuilt (plain JSON)
+        fit.json             the fit check: training conditions against their replicate ceiling (+ interval calibration)
+        anchors.safetensors  the anchored prediction's factors (runs with a count model)
+        ensemble.safetensors extra stage-2 networks (`lcd ensemble`, optional) and ensemble.json, their seeds
         cache/               CLIPR / module results and the reference embedding, keyed by what made them
         COMPLETE             written last; holds the sha256 of the weights file
 
