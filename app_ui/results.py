@@ -116,8 +116,7 @@ def intervals(run_path: str | Path, label: str, control: np.ndarray, cells: np.n
     ensemble when it has one, its fit check's calibration when it has one), computed in the background once
     per (run, label, settings, reference control); ``None`` while running. ``control``: the reference control
     cells; ``generated_control``: they are the model's own, so their sampling error joins the interval."""
-    from lcd_core.model import read_fit, shift_intervals
-    from lcd_core.model._intervals import calibration_from_fit
+    from lcd_core.model import calibration_from_fit, read_fit, shift_intervals
 
     ens = ensemble(run_path)
     model = load_model(run_path)

@@ -28,8 +28,8 @@ from lcd_core import KEYS
 from lcd_core.data import read_screen
 from lcd_core.metrics import top_de_genes
 from lcd_core.model import LCD, Ensemble, interval_coverage, shift_intervals
-from lcd_core.model import read_fit
-from lcd_core.model._intervals import calibration_from_fit, interval_table
+from lcd_core.model import calibration_from_fit, read_fit
+from lcd_core.model._intervals import interval_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -293,8 +293,7 @@ def _write_intervals(adata, run: str, pred, args: argparse.Namespace) -> None:
     """``lcd predict --intervals``: each perturbation's mean-shift interval per gene, into ``var``."""
     import numpy as np
 
-    from .model import LCD, Ensemble, read_fit, shift_intervals
-    from .model._intervals import calibration_from_fit
+    from .model import LCD, Ensemble, calibration_from_fit, read_fit, shift_intervals
 
     model = LCD.load(run, device=args.device)
     ens = Ensemble.load(run, model)

@@ -18,7 +18,8 @@ from app_ui.jobs import run_job
 from lcd_core import KEYS, LCDError
 from lcd_core.clipr import CLIPR, VARIANTS
 from lcd_core.data._conventions import targets_of
-from lcd_core.model import FIT_FILE, condition_fit, h5ad_bytes, no_change_check, prediction_anndata, read_fit
+from lcd_core.model import (FIT_FILE, calibration_from_fit, condition_fit, h5ad_bytes, no_change_check,
+                            prediction_anndata, read_fit)
 from lcd_core.pl import embedding_scatter, gene_violins, gi_map, gi_scatter, shift_bars, shift_scatter
 from lcd_core.tl import (INTERACTION_CLASSES, INTERACTION_COLUMNS, baseline_predictions, compare_methods,
                          double_interaction, gene_response_table, gene_shift_table, interaction_map,
@@ -147,8 +148,6 @@ def unseen_block(model, unseen: list[str]) -> None:
 def intervals_toggle(run) -> bool:
     """The switch of the prediction intervals, when the run has an ensemble or a calibrated fit check; says
     how to get them otherwise."""
-    from lcd_core.model._intervals import calibration_from_fit
-
     try:
         ens = results.ensemble(run)
     except LCDError as e:
