@@ -40,11 +40,12 @@ from lcd_core.simulation._linear import linear_sde  # noqa: E402
 from lcd_core.tl._recovery import sign_auroc  # noqa: E402
 
 
-def part_linear(d: int, n_boot: int, seeds: list[int], n_cells: int = 200) -> list[dict]:
+def part_linear(d: int, n_boot: int, seeds: list[int], n_cells: int = 200,
+                fractions: tuple[float, ...] = (1.0, 0.5)) -> list[dict]:
     rows = []
     for seed in seeds:
         for graph in ("er", "sf"):
-            for K in (d, d // 2):
+            for K in [int(round(f * d)) for f in fractions]:
                 rng = np.random.default_rng(seed)
                 sde = linear_sde(d, graph=graph, rng=rng)
                 targets = np.sort(rng.permutation(d)[:K])
@@ -169,12 +170,14 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=100)
     ap.add_argument("--n-boot", type=int, default=100)
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--k-fractions", default="1,0.5", help="perturbed genes K as fractions of d")
     ap.add_argument("--out", default="benchmarks/results/confidence.json")
     args = ap.parse_args()
     parts = args.parts.split(",")
     res = {"platform": platform.platform(), "python": platform.python_version(), "args": vars(args)}
     if "linear" in parts:
-        res["linear"] = part_linear(args.d, args.n_boot, [int(s) for s in args.seeds.split(",")])
+        res["linear"] = part_linear(args.d, args.n_boot, [int(s) for s in args.seeds.split(",")],
+                                    fractions=tuple(float(f) for f in args.k_fractions.split(",")))
     if "demo" in parts:
         res["demo"] = part_demo(args.n_boot)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

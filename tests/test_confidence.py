@@ -61,6 +61,23 @@ def test_identified_set_of_a_constructed_system_is_exact(K):
     assert "not identified" in ident.summary() and ident.condition_number >= 1
 
 
+def test_directed_labels_do_not_depend_on_the_genes_units():
+    """Rescaling one gene (its row and column of Σ, its row of every response) changes no label."""
+    rng = np.random.default_rng(1)
+    d, K = 7, 3
+    M = rng.normal(size=(d, d))
+    Sigma = M @ M.T + d * np.eye(d)
+    means = np.concatenate([np.zeros((d, 1)), rng.normal(size=(d, K))], axis=1)
+    tidx = [None, 0, 1, 2]
+    base = identifiability(clipr_directed_from_data(None, tidx, Sigma=Sigma, means=means, solver="dense"))
+    c = np.ones(d)
+    c[5] = 1e-3  # gene 5 measured in other units (or rarely detected: a tiny variance)
+    scaled = identifiability(clipr_directed_from_data(None, tidx, Sigma=Sigma * np.outer(c, c),
+                                                      means=means * c[:, None], solver="dense"))
+    np.testing.assert_allclose(scaled.unresolved, base.unresolved, atol=1e-8)
+    assert (scaled.labels == base.labels).all()
+
+
 def test_unresolved_share_matches_the_projection_on_a_random_system():
     """ρ_ij = ‖P_N e_ij‖² against the explicit null-space basis Q T Qᵀ Σ⁻¹ (T skew)."""
     rng = np.random.default_rng(0)

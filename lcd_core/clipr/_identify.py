@@ -20,7 +20,10 @@ the entry, ρ = 1 that they say nothing about it. Σ_ij ρ_ij = dim N.
   to zero outside it: N = {X P⊥}, so every edge out of gene j has ρ = ‖P⊥ e_j‖², the part of e_j outside
   the span of the limit responses.
 
-Labels (:data:`LABELS`), on the scale of the unresolved standard deviation √ρ: *identified* when √ρ ≤ 0.1
+The directed variant's ρ is computed in standardised units (each gene in its own within-condition standard
+deviation: the metric of A's entries Ã_ij = A_ij sd_j / sd_i), so that a gene's units do not decide its
+labels, and an edge between two genes that were both left unperturbed is *not identified* whatever its ρ:
+no perturbation equation concerns it. Labels (:data:`LABELS`), on the scale of the unresolved standard deviation √ρ: *identified* when √ρ ≤ 0.1
 (ρ ≤ :data:`IDENTIFIED_MAX`); *not identified* when √ρ is closer to that of an edge whose direction is
 unknown (√(1/2)) than to 0, i.e. ρ ≥ 1/8 (:data:`NOT_IDENTIFIED_MIN`); *partly identified* in between.
 """
@@ -237,14 +240,32 @@ def identifiability(result: CliprResult) -> Identifiability:
             raise ConfigError("this directed CLIPR result carries no covariance Σ (a cache written before "
                               "identifiability was kept); recompute it with get_clipr(..., use_cache=False)")
         single = [k for k in range(1, len(result.target_index)) if result.target_index[k] is not None]
-        rho_A, info = unresolved_directed(Sigma, result.L[:, single] - result.L[:, :1])
+        # in every gene's own standard deviations (Σ → its correlation matrix, Δl → Δl / sd): the labels then
+        # do not depend on the genes' units. In raw units the Frobenius metric counts an edge of a gene with a
+        # tiny variance as resolved because its whole null-space component is tiny (on Papalexi the
+        # "identified" edges were those of rarely detected genes); the null space maps exactly, as the
+        # homogeneous equations are invariant under s → s / sd
+        Sigma = np.asarray(Sigma, dtype=float)
+        sd = np.sqrt(np.clip(np.diag(Sigma), 1e-300, None))
+        rho_A, info = unresolved_directed(Sigma / np.outer(sd, sd),
+                                          (result.L[:, single] - result.L[:, :1]) / sd[:, None])
     elif variant == "paper":
         ref = result.info.get("ref")
         rho_A, info = unresolved_paper(result.L, None if ref is None else np.asarray(ref))
     else:
         raise ConfigError(f"unknown CLIPR variant {variant!r}")
     rho = rho_A.T.copy()  # effects orientation: rows = sources
-    return Identifiability(labels=label_of(rho), unresolved=rho, rank=info["rank"],
+    labels = label_of(rho)
+    if variant == "directed":
+        # an edge between two genes neither of which was perturbed: no equation speaks of its direction (with
+        # Σ = I its ρ is exactly 1/2); in standardised units a correlated Σ can lower its ρ below 1/8 through
+        # the covariance alone, which the label must not read as the perturbations deciding it
+        free = np.ones(rho.shape[0], dtype=bool)
+        free[list(set(targets))] = False
+        pair = np.outer(free, free)
+        np.fill_diagonal(pair, False)
+        labels[pair] = LABELS[2]
+    return Identifiability(labels=labels, unresolved=rho, rank=info["rank"],
                            singular_values=info["singular_values"], condition_number=info["condition_number"],
                            null_space_dim=info["null_space_dim"], variant=variant,
                            params={"n_perturbed": len(set(targets)), "identified_max": IDENTIFIED_MAX,
