@@ -64,12 +64,6 @@ def warm_perturb(run_path: str | Path, model, screen) -> None:
     if model.info.get("sampler", "fast") != "fast":
         n_evals = None
     prefetch_predictions(run_path, (KEYS.CONTROL, *targets_of(first)), n_cells, seed, n_evals=n_evals, after=first)
-    # the libraries the page's metrics and baselines import lazily (scikit-learn's metrics: ~0.2 s of a first visit)
-    jobs("resources").submit(("warm_imports",), _warm_imports, label="warming imports")
-
-
-def _warm_imports() -> None:
-    import sklearn.metrics  # noqa: F401  (DE recovery)
 
 
 def prediction(run_path: str | Path, labels: tuple[str, ...], n_cells: int, seed: int, *,
