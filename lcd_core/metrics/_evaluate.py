@@ -134,7 +134,6 @@ def evaluate_condition(
     de_recovery_top: int = 100,
     max_cells: int | None = 2000,
     seed: int = 0,
-    de_order: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Compute every metric of METHOD.md §7 for one test condition.
 
@@ -157,9 +156,6 @@ def evaluate_condition(
         them (None: never). Means, Wasserstein and DE use all cells.
     seed
         Seed of that sub-sampling.
-    de_order
-        ``(d,)`` the genes ordered by differential expression of ``obs`` against ``control``
-        (:func:`de_order`), when several predictions of one condition are scored: computed here otherwise.
 
     Returns
     -------
@@ -196,7 +192,7 @@ def evaluate_condition(
                     pred_pair.shape[0], obs_pair.shape[0], max_cells, seed)
 
     ctrl_mean = control.mean(0)
-    order = _rank_de(obs, control)[0] if de_order is None else np.asarray(de_order)
+    order, _, _ = _rank_de(obs, control)
     top = np.sort(order[:de_top])
 
     out = _set_metrics(pred, obs, pred_pair, obs_pair, ctrl_mean, train_mean)
@@ -238,20 +234,13 @@ SCORING = Scoring()
 
 
 def score_prediction(pred: np.ndarray, obs: np.ndarray, control: np.ndarray, *, train_perturbed_mean: np.ndarray,
-                     seed: int = 0, scoring: Scoring = SCORING, de_order: np.ndarray | None = None) -> dict[str, float]:
+                     seed: int = 0, scoring: Scoring = SCORING) -> dict[str, float]:
     """:func:`evaluate_condition` with the project's one set of settings (:data:`SCORING`).
 
-    Arrays as :func:`evaluate_condition` (log1p CP10k, ``(n, d)``; ``train_perturbed_mean`` ``(d,)``);
-    ``de_order`` as there (several methods scored on one condition share it).
+    Arrays as :func:`evaluate_condition` (log1p CP10k, ``(n, d)``; ``train_perturbed_mean`` ``(d,)``).
     """
     return evaluate_condition(pred, obs, control, train_perturbed_mean=train_perturbed_mean, seed=seed,
-                              de_order=de_order, **scoring.kwargs_for(np.shape(obs)[1]))
-
-
-def de_order(obs: np.ndarray, control: np.ndarray) -> np.ndarray:
-    """``(d,)`` genes from most to least differentially expressed in ``obs`` against ``control`` (Wilcoxon
-    p-value, then |mean difference|): the ranking every metric of one condition shares."""
-    return _rank_de(np.asarray(obs, dtype=np.float64), np.asarray(control, dtype=np.float64))[0]
+                              **scoring.kwargs_for(np.shape(obs)[1]))
 
 
 def summarize(

@@ -17,7 +17,6 @@ from ..baselines import make_baselines
 from ..data import Screen
 from ..errors import ConfigError
 from ..metrics import calibrate, calibrated_summary, score_prediction, split_half_protocol, summarize
-from ..metrics._evaluate import de_order
 from ..train import Progress, ProgressFn
 from ._anchor import fit_anchors
 from ._lcd import LCD
@@ -120,10 +119,8 @@ def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = N
         if keep_predictions is not None:
             for method, pred in preds.items():
                 keep_predictions.setdefault(method, {})[cond] = pred
-        order = de_order(obs, control)  # shared by every method scored on this condition
         for method, pred in preds.items():
-            scores = score_prediction(pred, obs, control, train_perturbed_mean=train_perturbed_mean, seed=seed,
-                                      de_order=order)
+            scores = score_prediction(pred, obs, control, train_perturbed_mean=train_perturbed_mean, seed=seed)
             rows.append({"method": method, "condition": cond, "n_obs": len(obs), **scores})
         if half_protocol is not None:
             half_protocol += split_half_protocol(preds, obs, control, train_perturbed_mean=train_perturbed_mean,

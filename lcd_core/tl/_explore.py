@@ -83,13 +83,11 @@ def compare_methods(
 ) -> pd.DataFrame:
     """Every metric of METHOD §7 for one condition, one row per method (``predictions``: name → cells),
     scored as :func:`lcd_core.model.evaluate_run` scores it (:func:`lcd_core.metrics.score_prediction`)."""
-    from ..metrics._evaluate import de_order, score_prediction
+    from ..metrics import score_prediction
 
-    order = de_order(observed, control)  # one ranking of the condition's genes for every method
     rows = []
     for name, cells in predictions.items():
-        m = score_prediction(cells, observed, control, train_perturbed_mean=train_perturbed_mean, seed=seed,
-                             de_order=order)
+        m = score_prediction(cells, observed, control, train_perturbed_mean=train_perturbed_mean, seed=seed)
         rows.append({"method": name, "condition": condition, **m})
     return pd.DataFrame(rows)
 
