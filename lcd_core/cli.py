@@ -1,7 +1,8 @@
 """The ``lcd`` command line: every step the app does, scriptable (PRODUCT.md, "Command line").
 
 Each sub-command is a small function that parses nothing itself: argparse does that, the engine does the
-work. One file over 400 lines on purpose: every command and its parser, found in one place. Heavy imports (torch, anndata) happen inside the commands so that ``lcd --help`` is instant.
+work. One file over 400 lines on purpose: every command and its parser, found in one place. Heavy imports
+(torch, anndata) happen inside the commands so that ``lcd --help`` is instant.
 
 Errors: an :class:`~lcd_core.errors.LCDError` (bad input, bad configuration) prints one line on stderr
 and exits 2; an unexpected exception prints one line and exits 1 (``LCD_DEBUG=1`` shows the traceback);
