@@ -21,6 +21,8 @@ def test_auto_on_a_cpu_is_the_demo_preset_with_steps_sized_to_the_genes():
     assert 2000 <= real.stage2.steps < 5000  # a 500-gene screen: fewer steps of a costlier network
     assert wide.stage2.steps == 2000  # the floor
     assert auto_preset(500, 3).stage1.conditions_per_step == 3
+    # one time budget for both stages: a cheaper stage 1 leaves stage 2 more steps
+    assert auto_preset(500, 3).stage2.steps > real.stage2.steps
 
 
 def test_auto_on_a_gpu_is_the_standard_preset():

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._blas import shared_blas
 from .._constants import KEYS
 from .._settings import CliprOptions, clipr_options
 from ..errors import ConfigError
@@ -161,9 +162,10 @@ def bootstrap_directed(cells: Sequence[np.ndarray], target_index: Sequence[int |
     if effects is None:
         effects = _solve(*_moments(nets[0]), target_index, solver)
     samples = np.empty((n_boot, *effects.shape))
-    for b in range(n_boot):
-        Xb = [x[rng.integers(0, len(x), len(x))] for x in nets[b % len(nets)]]
-        samples[b] = _solve(*_moments(Xb), target_index, solver, x0=effects.T)  # CG starts at the estimate
+    with shared_blas():  # the moments too: small products, where a second thread only spins
+        for b in range(n_boot):
+            Xb = [x[rng.integers(0, len(x), len(x))] for x in nets[b % len(nets)]]
+            samples[b] = _solve(*_moments(Xb), target_index, solver, x0=effects.T)  # CG starts at the estimate
     alpha = (1 - level) / 2
     lower, upper = np.quantile(samples, [alpha, 1 - alpha], axis=0)
     stability = (np.sign(samples) == np.sign(effects)[None]).mean(0)
@@ -186,9 +188,10 @@ def null_directed(cells: Sequence[np.ndarray], target_index: Sequence[int | None
     d = X.shape[1]
     off = ~np.eye(d, dtype=bool)
     out = []
-    for _ in range(n_null):
-        perm = np.split(X[rng.permutation(len(X))], cuts)
-        out.append(np.abs(_solve(*_moments(perm), target_index, solver))[off])
+    with shared_blas():
+        for _ in range(n_null):
+            perm = np.split(X[rng.permutation(len(X))], cuts)
+            out.append(np.abs(_solve(*_moments(perm), target_index, solver))[off])
     return np.concatenate(out)
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.linalg as sla
 
+from .._blas import shared_blas
 from .._settings import CLIPR
 from ..errors import ConfigError, LCDError
 from ._result import CliprResult
@@ -130,18 +131,19 @@ def clipr_directed(
 
     if solver == "auto":
         solver = "dense" if d <= _DENSE_MAX_D else "cg"
-    if solver == "dense":
-        A, info = _solve_dense(Sn, D, mask, w2, ridge, rhs_scale)
-    elif solver == "cg":
-        A, info = _solve_cg(S, Sn, D, t, mask, w2, ridge, rhs_scale, scale, tol, max_iter, x0)
-        # preconditioned CG lands on *a* least-squares solution; move it to the minimum-norm one
-        # (nothing to do when d − 1 or more genes are perturbed: the null space is then empty)
-        if len(set(t.tolist())) < d - 1:
-            A, info["null_space_dim"] = _min_norm(A, Sn, D)
-        else:
-            info["null_space_dim"] = 0
-    else:
+    if solver not in ("dense", "cg"):
         raise ConfigError(f"solver must be 'auto', 'dense' or 'cg', got {solver!r}.")
+    with shared_blas():  # numpy products and scipy solves alternate: see lcd_core._blas
+        if solver == "dense":
+            A, info = _solve_dense(Sn, D, mask, w2, ridge, rhs_scale)
+        else:
+            A, info = _solve_cg(S, Sn, D, t, mask, w2, ridge, rhs_scale, scale, tol, max_iter, x0)
+            # preconditioned CG lands on *a* least-squares solution; move it to the minimum-norm one
+            # (nothing to do when d − 1 or more genes are perturbed: the null space is then empty)
+            if len(set(t.tolist())) < d - 1:
+                A, info["null_space_dim"] = _min_norm(A, Sn, D)
+            else:
+                info["null_space_dim"] = 0
     lyap = A @ Sn
     info["lyapunov_residual"] = float(np.linalg.norm(lyap + lyap.T + rhs_scale * np.eye(d)) / (rhs_scale * np.sqrt(d)))
     info["on_target_residual"] = float(
