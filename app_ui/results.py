@@ -110,16 +110,15 @@ def intervals(run_path: str | Path, label: str, control: np.ndarray, cells: np.n
     ensemble when it has one, its fit check's calibration when it has one), computed in the background once
     per (run, label, settings, reference control); ``None`` while running. ``control``: the reference control
     cells; ``generated_control``: they are the model's own, so their sampling error joins the interval."""
-    from lcd_core.model import calibration_from_fit, read_fit, shift_intervals
+    from lcd_core.model import IntervalSources, mean_se, read_fit, shift_intervals
 
-    ens = ensemble(run_path)
-    model = load_model(run_path)
-    models = ens.models(model) if ens is not None else [model]
-    calibration = calibration_from_fit(read_fit(run_path))  # a small JSON file, read again: `lcd fit` may rewrite it
+    # the fit report is a small JSON file, read again: `lcd fit` may rewrite it
+    src = IntervalSources.of(load_model(run_path), ensemble(run_path), read_fit(run_path))
+    models, calibration = src.models, src.calibration
     key = ("intervals", run_key(run_path), label, int(n_cells), int(seed), n_evals, bool(anchored), reference,
            len(models), None if calibration is None else len(calibration))
     control = np.asarray(control, dtype=np.float64)
-    control_se = control.std(0, ddof=1) / np.sqrt(len(control)) if generated_control else None
+    control_se = mean_se(control) if generated_control else None
     return run_job(key, lambda: shift_intervals(models, label, control.mean(0), n_cells=n_cells, seed=seed,
                                                 n_evals=n_evals, anchored=anchored, cells=cells,
                                                 calibration=calibration, control_se=control_se),

@@ -27,8 +27,7 @@ import pandas as pd
 from lcd_core import KEYS
 from lcd_core.data import read_screen
 from lcd_core.metrics import top_de_genes
-from lcd_core.model import LCD, Ensemble, interval_coverage, shift_intervals
-from lcd_core.model import calibration_from_fit, read_fit
+from lcd_core.model import LCD, Ensemble, IntervalSources, interval_coverage, read_fit, shift_intervals
 from lcd_core.model._intervals import interval_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,15 +49,14 @@ def main() -> None:
     p.add_argument("--name", help="name of the results file (default: the run folder's)")
     args = p.parse_args()
     model = LCD.load(args.run, device="cpu")
-    ens = Ensemble.load(args.run, model)
-    if ens is None:
+    src = IntervalSources.of(model, Ensemble.load(args.run, model), read_fit(args.run))
+    if len(src.models) == 1:
         print(f"{args.run} has no ensemble (`lcd ensemble`): the calibration and the cells only", flush=True)
-    models = ens.models(model) if ens is not None else [model]
+    models, calibration = src.models, src.calibration
     screen = read_screen(args.data)
     control = screen.log1p(KEYS.CONTROL)
     cmean = control.mean(0)
     doubles = [c for c in model.info.get("heldout", []) if c in set(screen.conditions) and "+" in c]
-    calibration = calibration_from_fit(read_fit(args.run))
     if calibration is None:
         raise SystemExit(f"{args.run}'s fit.json has no calibration scores: run `lcd fit {args.run} --data {args.data}`")
     rows, t0 = [], time.monotonic()

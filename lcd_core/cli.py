@@ -294,36 +294,31 @@ def _write_intervals(adata, run: str, pred, args: argparse.Namespace) -> None:
     """``lcd predict --intervals``: each perturbation's mean-shift interval per gene, into ``var``."""
     import numpy as np
 
-    from .model import LCD, Ensemble, calibration_from_fit, read_fit, shift_intervals
+    from .model import LCD, Ensemble, IntervalSources, mean_se, read_fit, shift_intervals
 
     model = LCD.load(run, device=args.device)
-    ens = Ensemble.load(run, model)
-    calibration = calibration_from_fit(read_fit(run))
-    if ens is None and calibration is None:
+    src = IntervalSources.of(model, Ensemble.load(run, model), read_fit(run))
+    if not src.available:
         raise ConfigError(f"{run} has neither an ensemble nor a calibrated fit check, and intervals need one: run "
                           f"`lcd ensemble {run}` (the spread between networks) and/or `lcd fit {run} --data SCREEN` "
                           "(the errors on the training conditions)")
-    models = ens.models(model) if ens is not None else [model]
     ctrl = pred.cells.get("ctrl")
     if ctrl is None:
         ctrl = model.predict(["ctrl"], n_cells=args.cells, seed=args.seed, n_evals=args.n_evals).cells["ctrl"]
     ctrl = np.asarray(ctrl, dtype=np.float64)
-    control_se = ctrl.std(0, ddof=1) / np.sqrt(len(ctrl))  # the generated control's own sampling error
     for label, cells in pred.cells.items():
         if label == "ctrl":
             continue
-        iv = shift_intervals(models, label, ctrl.mean(0), n_cells=args.cells, seed=args.seed, n_evals=args.n_evals,
-                             anchored=args.anchored, level=args.level, cells=cells, control_se=control_se,
-                             calibration=calibration)
+        # the generated control's own sampling error joins the interval
+        iv = shift_intervals(src.models, label, ctrl.mean(0), n_cells=args.cells, seed=args.seed,
+                             n_evals=args.n_evals, anchored=args.anchored, level=args.level, cells=cells,
+                             control_se=mean_se(ctrl), calibration=src.calibration)
         for col in ("shift", "shift_low", "shift_high", "shift_se", "sd_model", "calibrated"):
             adata.var[f"{label}_{col}"] = iv["predicted_shift" if col == "shift" else col].to_numpy()
-    parts = [f"the spread between the {len(models)} networks of the run's ensemble" if len(models) > 1 else None,
-             f"the run's errors on its training conditions (split-conformal over {len(calibration)} gene shifts)"
-             if calibration is not None else None]
-    covers = "the cells drawn, " + " and ".join(p for p in parts if p)
+    covers = src.covers()
     adata.uns["lcd_intervals"] = {
-        "level": float(args.level), "networks": len(models), "n_cells": int(args.cells),
-        "n_calibration": 0 if calibration is None else int(len(calibration)),
+        "level": float(args.level), "networks": len(src.models), "n_cells": int(args.cells),
+        "n_calibration": 0 if src.calibration is None else int(len(src.calibration)),
         "reference": "the run's generated control cells (their sampling error included)",
         "covers": covers, "space": "log1p CP10k over the run's genes"}
     print(f"lcd predict: {args.level:.0%} intervals on every gene's mean shift (var['<perturbation>_shift_low' / "

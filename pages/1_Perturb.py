@@ -18,7 +18,7 @@ from app_ui.jobs import run_job
 from lcd_core import KEYS, LCDError
 from lcd_core.clipr import CLIPR, VARIANTS
 from lcd_core.data._conventions import targets_of
-from lcd_core.model import (FIT_FILE, calibration_from_fit, condition_fit, h5ad_bytes, no_change_check,
+from lcd_core.model import (FIT_FILE, IntervalSources, condition_fit, h5ad_bytes, no_change_check,
                             prediction_anndata, read_fit)
 from lcd_core.pl import embedding_scatter, gene_violins, gi_map, gi_scatter, shift_bars, shift_scatter
 from lcd_core.tl import (INTERACTION_CLASSES, INTERACTION_COLUMNS, baseline_predictions, compare_methods,
@@ -145,7 +145,7 @@ def unseen_block(model, unseen: list[str]) -> None:
         st.caption("These genes are not measured by the model either, so the what-if cannot answer for them.")
 
 
-def intervals_toggle(run) -> bool:
+def intervals_toggle(run, model) -> bool:
     """The switch of the prediction intervals, when the run has an ensemble or a calibrated fit check; says
     how to get them otherwise."""
     try:
@@ -153,13 +153,13 @@ def intervals_toggle(run) -> bool:
     except LCDError as e:
         widgets.show_error(e, "The run's ensemble")
         ens = None
-    calibrated = calibration_from_fit(run_fit(run)) is not None
-    if ens is None and not calibrated:
+    src = IntervalSources.of(model, ens, run_fit(run))
+    if not src.available:
         st.caption("No prediction intervals: this run has neither an ensemble (`lcd ensemble RUN`) nor a calibrated "
                    "fit check (`lcd fit RUN --data SCREEN`).")
         return False
-    what = " + ".join(([f"{len(ens) + 1}-network ensemble"] if ens is not None else []) +
-                      (["calibrated on the training conditions"] if calibrated else []))
+    what = " + ".join(([f"{len(src.models)}-network ensemble"] if len(src.models) > 1 else []) +
+                      (["calibrated on the training conditions"] if src.calibration is not None else []))
     return st.toggle(f"Prediction intervals ({what})", value=False, key="pert_intervals",
                      help="Each gene's mean shift with an interval: the cells drawn, the spread between networks "
                           "trained with other seeds, and how far the run's predictions of its own training conditions "
@@ -265,7 +265,7 @@ def lcd_mode(screen, run, model) -> None:
     idx = {g: i for i, g in enumerate(model.genes)}
     for name, bc in base.items():
         table[f"{name}_shift"] = (bc.mean(0) - cmean)[[idx[g] for g in table["gene"]]]
-    show_intervals = intervals_toggle(run)
+    show_intervals = intervals_toggle(run, model)
     if show_intervals:
         iv = results.intervals(run, label, control, cells, n_cells=n_cells, seed=seed, n_evals=n_evals,
                                anchored=anchored, reference=screen.data_hash if same else "generated control",
@@ -300,18 +300,12 @@ def lcd_mode(screen, run, model) -> None:
                                 "cell-eval layout of `lcd evaluate`'s predicted.h5ad.")
 
     if has_obs:
-        with st.expander("Predicted vs observed, gene by gene"):
-            g1, g2 = st.columns(2)
-            g1.plotly_chart(shift_scatter(table, top=30, title=f"{label}, top 30 genes"), key="shift_scatter_chart")
-            gene = g2.selectbox("Gene", list(table["gene"]), index=0, key="pert_violin_gene",
-                                help="Genes ranked by |predicted shift|.")
-            sets = {"control": control, "observed": obs, "predicted": cells}
-            if "additive" in base:
-                sets["additive"] = base["additive"]
-            g2.plotly_chart(gene_violins(sets, gene, model.genes, title=f"{gene} in {label}"), key="violin_chart")
-            st.caption("Left: each of the 30 most shifted genes' predicted against observed mean shift (the diagonal: "
-                       "a perfect prediction). Right: the chosen gene's cells: control (grey), observed (blue), "
-                       "predicted (vermillion), the additive baseline (green).")
+        # drawn only when opened: two charts fewer for the browser at every new perturbation
+        panel = st.expander("Predicted vs observed, gene by gene", key="pert_gene_panel", on_change="rerun")
+        if panel.open:
+            with panel:
+                gene_panel(model, label, table, {"control": control, "observed": obs, "predicted": cells,
+                                                 **({"additive": base["additive"]} if "additive" in base else {})})
 
         st.subheader("Against the observed cells")
         try:
@@ -325,6 +319,18 @@ def lcd_mode(screen, run, model) -> None:
         except LCDError as e:
             widgets.show_error(e, "Metrics")
     screen_block(screen, run, model, fit)
+
+
+def gene_panel(model, label: str, table: pd.DataFrame, sets: dict[str, np.ndarray]) -> None:
+    """Predicted against observed shift of the most shifted genes, and one chosen gene's cells per set."""
+    g1, g2 = st.columns(2)
+    g1.plotly_chart(shift_scatter(table, top=30, title=f"{label}, top 30 genes"), key="shift_scatter_chart")
+    gene = g2.selectbox("Gene", list(table["gene"]), index=0, key="pert_violin_gene",
+                        help="Genes ranked by |predicted shift|.")
+    g2.plotly_chart(gene_violins(sets, gene, model.genes, title=f"{gene} in {label}"), key="violin_chart")
+    st.caption("Left: each of the 30 most shifted genes' predicted against observed mean shift (the diagonal: "
+               "a perfect prediction). Right: the chosen gene's cells: control (grey), observed (blue), "
+               "predicted (vermillion), the additive baseline (green).")
 
 
 def interaction_block(screen, run, model, label: str, pred: dict, obs, fitc: dict, rk, *, n_cells, seed, n_evals,
@@ -371,7 +377,11 @@ def interaction_block(screen, run, model, label: str, pred: dict, obs, fitc: dic
             st.markdown("\n".join([f"- **{k}**: {v}" for k, v in INTERACTION_COLUMNS.items()] +
                                    [f"- *{k}*: {v}" for k, v in INTERACTION_CLASSES.items()]))
     if same and all(c in set(screen.conditions) for c in (KEYS.CONTROL, a, b)):
-        with st.expander(f"{label} against the additive expectation (Norman et al.'s scatter)"):
+        scatter = st.expander(f"{label} against the additive expectation (Norman et al.'s scatter)",
+                              key="pert_gi_panel", on_change="rerun")  # computed and drawn only when opened
+        if not scatter.open:
+            return
+        with scatter:
             try:
                 shifts = results.memo(("gi_shifts", rk), lambda: interaction_shifts(
                     screen.log1p(KEYS.CONTROL), screen.log1p(a), screen.log1p(b), genes=model.genes,

@@ -78,6 +78,14 @@ def test_predicted_and_observed_are_distinct_traces_with_gene_panels(perturb_env
     assert sum(t.get("type") == "histogram2dcontour" for t in chart(at, "umap_chart")["data"]) == 2
     # the fit check says a held-out double is a generalisation, not judged
     assert any("not among the training conditions" in c.value for c in at.caption)
+    # the two panels behind expanders are neither computed nor drawn until opened
+    drawn = [c.proto.id for c in at.get("plotly_chart")]
+    assert not [i for i in drawn if i.endswith(("-shift_scatter_chart", "-violin_chart", "-gi_scatter_chart"))]
+    at.session_state["pert_gene_panel"] = True
+    at.session_state["pert_gi_panel"] = True
+    at.run()
+    settle(at)
+    assert_clean(at)
     # per-gene panel: predicted vs observed shifts with r, violins of the chosen gene's cell sets
     scatter = chart(at, "shift_scatter_chart")
     assert "Pearson r" in scatter["layout"]["title"]["text"]

@@ -190,6 +190,13 @@ def test_every_page_in_a_real_browser(server, browser_ctx):
     page.get_by_text("Genetic interaction").wait_for()
     no_exception(page)
     shot(page, "perturb")
+    # the gene-by-gene panel is drawn when opened (its expander reruns the page), not before
+    panel_chart = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="top 30 genes")
+    assert panel_chart.count() == 0
+    page.get_by_text("Predicted vs observed, gene by gene").click()
+    panel_chart.first.wait_for(timeout=SLOW)
+    settle(page)
+    no_exception(page)
 
     for url, title, marker in [("Causal_graph", "Causal graph", "edges above threshold"),
                                ("Modules", "Modules", "Graph (GraphML"),

@@ -12,11 +12,13 @@ from ._evaluate import (cell_eval_anndata, evaluate_folds, evaluate_run, h5ad_by
 from ._fit import FIT_FILE, condition_fit, fit_report, no_change_check, read_fit
 from ._train import resolve_split, train, validation_split
 from ._ensemble import DEFAULT_MEMBERS, Ensemble, fit_ensemble
-from ._intervals import Calibration, calibration_from_fit, interval_coverage, shift_intervals
+from ._intervals import (Calibration, IntervalSources, calibration_from_fit, interval_coverage, mean_se,
+                         shift_intervals)
 
 __all__ = ["LCD", "Prediction", "TrainConfig", "PRESETS", "PRESET_NAMES", "DEFAULT_PRESET", "get_preset", "apply_overrides", "RunDir", "train", "resolve_split",
            "get_clipr", "single_gene_conditions", "evaluate_run", "evaluate_folds", "summary_markdown", "write_report",
            "training_reference", "fit_report", "read_fit", "FIT_FILE", "validation_split",
            "condition_fit", "no_change_check", "prediction_anndata", "cell_eval_anndata", "h5ad_bytes",
            "get_embedding", "embedding_path", "extrapolation_notes", "Ensemble", "fit_ensemble", "DEFAULT_MEMBERS",
-           "shift_intervals", "interval_coverage", "Calibration", "calibration_from_fit"]
+           "shift_intervals", "interval_coverage", "Calibration", "calibration_from_fit",
+           "IntervalSources", "mean_se"]

@@ -126,6 +126,41 @@ def calibration_from_fit(fit: dict | None) -> Calibration | None:
     return Calibration(np.asarray(pred, dtype=np.float64), np.asarray(obs, dtype=np.float64), np.asarray(groups))
 
 
+@dataclass(frozen=True)
+class IntervalSources:
+    """What a run's prediction intervals draw on: its networks (the run's own first, then its ensemble's)
+    and the calibration of its fit check. ``IntervalSources.of(model, ensemble, fit)``."""
+
+    models: tuple[LCD, ...]
+    calibration: Calibration | None
+
+    @classmethod
+    def of(cls, model: LCD, ensemble=None, fit: dict | None = None) -> "IntervalSources":
+        """From the run's model, its :class:`~lcd_core.model.Ensemble` (or ``None``) and its ``fit.json`` dict."""
+        models = tuple(ensemble.models(model)) if ensemble is not None else (model,)
+        return cls(models, calibration_from_fit(fit))
+
+    @property
+    def available(self) -> bool:
+        """Whether intervals can be computed: one network alone cannot tell its own uncertainty."""
+        return len(self.models) > 1 or self.calibration is not None
+
+    def covers(self) -> str:
+        """What the intervals cover, in words (the CLI's message, ``uns["lcd_intervals"]["covers"]``)."""
+        parts = ([f"the spread between the {len(self.models)} networks of the run's ensemble"]
+                 if len(self.models) > 1 else [])
+        if self.calibration is not None:
+            parts.append(f"the run's errors on its training conditions (split-conformal over {len(self.calibration)} "
+                         "gene shifts)")
+        return "the cells drawn, " + " and ".join(parts)
+
+
+def mean_se(cells: np.ndarray) -> np.ndarray:
+    """``(d,)`` standard error s / √n of the mean of ``(n, d)`` cells (a generated control's, for ``control_se``)."""
+    x = np.asarray(cells, dtype=np.float64)
+    return x.std(0, ddof=1) / np.sqrt(len(x))
+
+
 def shift_intervals(models: Sequence[LCD], label: str, control_mean: np.ndarray, *, n_cells: int = 500,
                     seed: int = 0, n_evals: int | None = None, anchored: bool = False, level: float = LEVEL,
                     cells: np.ndarray | None = None, control_se: np.ndarray | None = None,
