@@ -26,17 +26,18 @@ def _prediction_job(run_path, label: str, n_cells: int, seed: int, n_evals: int 
 
 
 def prefetch_predictions(run_path: str | Path, labels, n_cells: int, seed: int, *, n_evals: int | None = None,
-                         after: str | None = None, anchored: bool = False) -> None:
+                         after: str | None = None, anchored: bool = False):
     """Queue sampling ``labels`` in the background (collected later with :func:`prediction`), one after
     the other, behind label ``after`` (submitted now if new). On a laptop's few cores, jobs running side by
     side each take as long as all of them together: queued, the cells the page shows first (``after``)
-    arrive first, and the rest while the page draws them."""
+    arrive first, and the rest while the page draws them. Returns the last job queued."""
     prev = jobs().submit(*_prediction_job(run_path, after, n_cells, seed, n_evals, anchored), label="sampling cells") \
         if after is not None else None
     for label in labels:
         if label != after:
             prev = jobs().submit(*_prediction_job(run_path, label, n_cells, seed, n_evals, anchored), label="sampling cells",
                                  after=prev)
+    return prev
 
 
 def double_choices(model, screen) -> list[str]:
@@ -50,9 +51,9 @@ def double_choices(model, screen) -> list[str]:
 
 
 def warm_perturb(run_path: str | Path, model, screen) -> None:
-    """Start sampling what the Perturb page shows first (its default double, control and the two singles)
-    while the user reads Home: the first Perturb visit then finds the cells ready instead of waiting ~2 s
-    for them on a 2-core CPU. Jobs are shared, so nothing is sampled twice."""
+    """Start sampling what the Perturb page shows first (its default double, control and the two singles),
+    then fit the baselines it compares them with, while the user reads Home: the first Perturb visit then
+    finds them ready instead of waiting ~2 s on a 2-core CPU. Jobs are shared, so nothing is done twice."""
     from lcd_core import KEYS
     from lcd_core.data._conventions import targets_of
 
@@ -63,7 +64,10 @@ def warm_perturb(run_path: str | Path, model, screen) -> None:
     n_cells, seed, n_evals = PERTURB_DEFAULTS["n_cells"], PERTURB_DEFAULTS["seed"], PERTURB_DEFAULTS["n_evals"]
     if model.info.get("sampler", "fast") != "fast":
         n_evals = None
-    prefetch_predictions(run_path, (KEYS.CONTROL, *targets_of(first)), n_cells, seed, n_evals=n_evals, after=first)
+    last = prefetch_predictions(run_path, (KEYS.CONTROL, *targets_of(first)), n_cells, seed, n_evals=n_evals,
+                                after=first)
+    if same_genes(model, screen):
+        jobs("resources").submit(*_reference_job(run_path, screen), label="baselines", after=last)
 
 
 def prediction(run_path: str | Path, labels: tuple[str, ...], n_cells: int, seed: int, *,
@@ -149,23 +153,36 @@ def embedding(run_path: str | Path, screen, *, wait: float = 0.5):
                         "saved in the run directory)", wait=wait, store="resources")
 
 
-@st.cache_resource(show_spinner="Fitting the baselines…", max_entries=4)
-def _training_reference(run: tuple[str, str], data_hash: str, _model, _screen) -> tuple[np.ndarray, dict]:
+def _reference_job(run_path: str | Path, screen) -> tuple:
+    """``(job key, job)``: the mean perturbed training cell and every baseline fitted on the run's training
+    conditions as the screen measures them (a shared job: Home's warm-up and the pages wait for the same)."""
     from lcd_core.model import training_reference
     from lcd_core.tl import fit_baselines
 
-    train_cells, perturbed_mean = training_reference(_model, _screen)
-    return perturbed_mean, fit_baselines(train_cells, _screen.genes)
+    model = load_model(run_path)
+
+    def fit() -> tuple[np.ndarray, dict]:
+        train_cells, perturbed_mean = training_reference(model, screen)
+        return perturbed_mean, fit_baselines(train_cells, screen.genes)
+    return ("training_reference", run_key(run_path), screen.data_hash), fit
+
+
+def _training_reference(run_path: str | Path, screen) -> tuple[np.ndarray, dict]:
+    job = jobs("resources").submit(*_reference_job(run_path, screen), label="baselines")
+    job.wait(None)
+    if job.error is not None:
+        raise job.error
+    return job.result
 
 
 def baselines(run_path: str | Path, screen) -> dict:
     """Every baseline, fitted on the run's training conditions as the screen measures them."""
-    return _training_reference(run_key(run_path), screen.data_hash, load_model(run_path), screen)[1]
+    return _training_reference(run_path, screen)[1]
 
 
 def train_perturbed_mean(run_path: str | Path, screen) -> np.ndarray:
     """``(d,)`` the reference of the Systema Pearson delta (:func:`lcd_core.model.training_reference`)."""
-    return _training_reference(run_key(run_path), screen.data_hash, load_model(run_path), screen)[0]
+    return _training_reference(run_path, screen)[0]
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

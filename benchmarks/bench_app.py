@@ -96,65 +96,73 @@ def main() -> None:
         with sync_playwright() as pw:
             ctx = pw.chromium.launch_persistent_context(str(tmp / "profile"), executable_path=args.chromium,
                                                         headless=True, args=ARGS, viewport={"width": 1400, "height": 2400})
-            ctx.set_default_timeout(900_000)
+            # a step that takes 5 minutes is a hang, not a measurement: fail with a screenshot of the page
+            ctx.set_default_timeout(300_000)
             page = ctx.new_page()
-            page.goto(url)
-            page.get_by_text("Model ready").wait_for()
-            settled(page)
-            res["home_cold_s"] = round(time.monotonic() - t_start, 2)
-            res["home_pause_s"] = args.home_pause
-            time.sleep(args.home_pause)  # Home starts sampling what Perturb shows first (app_ui.results.warm_perturb)
-
-            def visit(path: str, title: str, marker: str) -> float:
-                t0 = time.monotonic()
-                page.locator('[data-testid="stSidebar"] a').filter(has_text=title).first.click()
-                page.wait_for_url(f"**/{path}")
-                page.get_by_text(marker, exact=False).first.wait_for()
+            try:
+                page.goto(url)
+                page.get_by_text("Model ready").wait_for()
                 settled(page)
-                if title not in ("Train",):
-                    page.locator('[data-testid="stPlotlyChart"] .main-svg').first.wait_for()
-                return round(time.monotonic() - t0, 2)
+                res["home_cold_s"] = round(time.monotonic() - t_start, 2)
+                res["home_pause_s"] = args.home_pause
+                time.sleep(args.home_pause)  # Home starts sampling what Perturb shows first (app_ui.results.warm_perturb)
 
-            first = {}
-            for path, title, marker in PAGES:  # first visits: pay CLIPR, evaluation once
-                first[title] = visit(path, title, marker)
+                def visit(path: str, title: str, marker: str) -> float:
+                    t0 = time.monotonic()
+                    page.locator('[data-testid="stSidebar"] a').filter(has_text=title).first.click()
+                    page.wait_for_url(f"**/{path}")
+                    page.get_by_text(marker, exact=False).first.wait_for()
+                    settled(page)
+                    if title not in ("Train",):
+                        page.locator('[data-testid="stPlotlyChart"] .main-svg').first.wait_for()
+                    return round(time.monotonic() - t0, 2)
+
+                first = {}
+                for path, title, marker in PAGES:  # first visits: pay CLIPR, evaluation once
+                    first[title] = visit(path, title, marker)
+                    if args.cold_perturb_only:
+                        break
+                res["first_visit_s"] = first
                 if args.cold_perturb_only:
-                    break
-            res["first_visit_s"] = first
-            if args.cold_perturb_only:
+                    res["server_memory"] = rss_mb(proc.pid)
+                    ctx.close()
+                    return _finish(res, HERE / "results" / "app_cold_perturb.json")
+                t0 = time.monotonic()
+                page.locator('[data-testid="stSidebar"] a').filter(has_text="Home").first.click()
+                page.get_by_text("Model ready").wait_for()
+                settled(page)
+                warm = {"Home": round(time.monotonic() - t0, 2)}
+                for path, title, marker in PAGES:
+                    warm[title] = visit(path, title, marker)
+                res["warm_page_s"] = warm
+
+                # Perturb: choose a new double → updated UMAP
+                visit("Perturb", "Perturb", "generated cells of")
+                lat, full = [], []
+                for i in range(args.doubles):
+                    box = page.locator('[data-testid="stSelectbox"]').filter(has_text="Double").first
+                    box.locator('[role="combobox"]').click()
+                    opt = page.locator('[role="option"]').nth(i + 1)
+                    label = opt.inner_text().split()[0]
+                    t0 = time.monotonic()
+                    opt.click()
+                    page.locator('[data-testid="stMarkdownContainer"]').filter(
+                        has_text=f"generated cells of {label}").first.wait_for()
+                    page.locator('[data-testid="stPlotlyChart"]').filter(has_text=f"{label} (predicted)").first.wait_for()
+                    lat.append(round(time.monotonic() - t0, 3))
+                    settled(page)  # the rest of the page (interaction class, metrics, baselines)
+                    full.append(round(time.monotonic() - t0, 3))
+                res["double_to_umap_s"] = {"each": lat, "median": statistics.median(lat), "max": max(lat),
+                                           "target": 2.0}
+                res["double_to_full_page_s"] = {"each": full, "median": statistics.median(full), "max": max(full)}
                 res["server_memory"] = rss_mb(proc.pid)
                 ctx.close()
-                return _finish(res, HERE / "results" / "app_cold_perturb.json")
-            t0 = time.monotonic()
-            page.locator('[data-testid="stSidebar"] a').filter(has_text="Home").first.click()
-            page.get_by_text("Model ready").wait_for()
-            settled(page)
-            warm = {"Home": round(time.monotonic() - t0, 2)}
-            for path, title, marker in PAGES:
-                warm[title] = visit(path, title, marker)
-            res["warm_page_s"] = warm
-
-            # Perturb: choose a new double → updated UMAP
-            visit("Perturb", "Perturb", "generated cells of")
-            lat, full = [], []
-            for i in range(args.doubles):
-                box = page.locator('[data-testid="stSelectbox"]').filter(has_text="Double").first
-                box.locator('[role="combobox"]').click()
-                opt = page.locator('[role="option"]').nth(i + 1)
-                label = opt.inner_text().split()[0]
-                t0 = time.monotonic()
-                opt.click()
-                page.locator('[data-testid="stMarkdownContainer"]').filter(
-                    has_text=f"generated cells of {label}").first.wait_for()
-                page.locator('[data-testid="stPlotlyChart"]').filter(has_text=f"{label} (predicted)").first.wait_for()
-                lat.append(round(time.monotonic() - t0, 3))
-                settled(page)  # the rest of the page (interaction class, metrics, baselines)
-                full.append(round(time.monotonic() - t0, 3))
-            res["double_to_umap_s"] = {"each": lat, "median": statistics.median(lat), "max": max(lat),
-                                       "target": 2.0}
-            res["double_to_full_page_s"] = {"each": full, "median": statistics.median(full), "max": max(full)}
-            res["server_memory"] = rss_mb(proc.pid)
-            ctx.close()
+            except Exception:
+                shot = tmp / "failure.png"
+                page.screenshot(path=str(shot), full_page=True)
+                print(f"bench_app: failed; the page is in {shot}, the server's log in {tmp / 'server.log'}",
+                      file=sys.stderr)
+                raise
     finally:
         proc.terminate()
         try:

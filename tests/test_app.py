@@ -123,6 +123,11 @@ def test_home_opens_on_demo_with_model(app_env):
     assert any("Model ready" in s.value for s in at.success)
     assert metric(at, "singles") == "8"
     assert any("simulated" in i.value for i in at.info)
+    # Home's warm-up queued what Perturb shows first: the default double's cells, then the baselines
+    from app_ui.jobs import jobs
+
+    warm = jobs("resources").get(next(k for k in list(jobs("resources")._jobs) if k[0] == "training_reference"))
+    assert warm.wait(120) and warm.error is None and "additive" in warm.result[1]
 
 
 def _fit_text(at: AppTest) -> list[str]:
