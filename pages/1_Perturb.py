@@ -300,12 +300,12 @@ def lcd_mode(screen, run, model) -> None:
                                 "cell-eval layout of `lcd evaluate`'s predicted.h5ad.")
 
     if has_obs:
-        # drawn only when opened: two charts fewer for the browser at every new perturbation
-        panel = st.expander("Predicted vs observed, gene by gene", key="pert_gene_panel", on_change="rerun")
-        if panel.open:
-            with panel:
-                gene_panel(model, label, table, {"control": control, "observed": obs, "predicted": cells,
-                                                 **({"additive": base["additive"]} if "additive" in base else {})})
+        # behind a switch: two charts fewer for the browser at every new perturbation
+        if st.toggle("Predicted vs observed, gene by gene", key="pert_gene_panel",
+                     help="A scatter of the 30 most shifted genes' predicted against observed shifts, and one gene's "
+                          "cells in control, observed, predicted and additive."):
+            gene_panel(model, label, table, {"control": control, "observed": obs, "predicted": cells,
+                                             **({"additive": base["additive"]} if "additive" in base else {})})
 
         st.subheader("Against the observed cells")
         try:
@@ -377,11 +377,10 @@ def interaction_block(screen, run, model, label: str, pred: dict, obs, fitc: dic
             st.markdown("\n".join([f"- **{k}**: {v}" for k, v in INTERACTION_COLUMNS.items()] +
                                    [f"- *{k}*: {v}" for k, v in INTERACTION_CLASSES.items()]))
     if same and all(c in set(screen.conditions) for c in (KEYS.CONTROL, a, b)):
-        scatter = st.expander(f"{label} against the additive expectation (Norman et al.'s scatter)",
-                              key="pert_gi_panel", on_change="rerun")  # computed and drawn only when opened
-        if not scatter.open:
+        # computed and drawn only when asked for
+        if not st.toggle(f"{label} against the additive expectation (Norman et al.'s scatter)", key="pert_gi_panel"):
             return
-        with scatter:
+        with st.container():
             try:
                 shifts = results.memo(("gi_shifts", rk), lambda: interaction_shifts(
                     screen.log1p(KEYS.CONTROL), screen.log1p(a), screen.log1p(b), genes=model.genes,

@@ -78,11 +78,11 @@ def test_predicted_and_observed_are_distinct_traces_with_gene_panels(perturb_env
     assert sum(t.get("type") == "histogram2dcontour" for t in chart(at, "umap_chart")["data"]) == 2
     # the fit check says a held-out double is a generalisation, not judged
     assert any("not among the training conditions" in c.value for c in at.caption)
-    # the two panels behind expanders are neither computed nor drawn until opened
+    # the two panels behind switches are neither computed nor drawn until switched on
     drawn = [c.proto.id for c in at.get("plotly_chart")]
     assert not [i for i in drawn if i.endswith(("-shift_scatter_chart", "-violin_chart", "-gi_scatter_chart"))]
-    at.session_state["pert_gene_panel"] = True
-    at.session_state["pert_gi_panel"] = True
+    at.toggle(key="pert_gene_panel").set_value(True)
+    at.toggle(key="pert_gi_panel").set_value(True)
     at.run()
     settle(at)
     assert_clean(at)

@@ -190,7 +190,7 @@ def test_every_page_in_a_real_browser(server, browser_ctx):
     page.get_by_text("Genetic interaction").wait_for()
     no_exception(page)
     shot(page, "perturb")
-    # the gene-by-gene panel is drawn when opened (its expander reruns the page), not before
+    # the gene-by-gene panel is drawn when switched on, not before
     panel_chart = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="top 30 genes")
     assert panel_chart.count() == 0
     page.get_by_text("Predicted vs observed, gene by gene").click()
