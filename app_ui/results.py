@@ -107,18 +107,17 @@ def ensemble(run_path: str | Path):
     return _ensemble(run_key(run_path), meta.stat().st_mtime)
 
 
-def intervals(run_path: str | Path, label: str, control: np.ndarray, cells: np.ndarray, *, n_cells: int,
+def intervals(run_path: str | Path, sources, label: str, control: np.ndarray, cells: np.ndarray, *, n_cells: int,
               seed: int, n_evals: int | None, anchored: bool, reference: str, generated_control: bool = False,
               wait: float = 1.0):
-    """The prediction intervals of ``label``'s mean shifts (:func:`lcd_core.model.shift_intervals`: the run's
-    ensemble when it has one, its fit check's calibration when it has one), computed in the background once
-    per (run, label, settings, reference control); ``None`` while running. ``control``: the reference control
-    cells; ``generated_control``: they are the model's own, so their sampling error joins the interval."""
-    from lcd_core.model import IntervalSources, mean_se, read_fit, shift_intervals
+    """The prediction intervals of ``label``'s mean shifts (:func:`lcd_core.model.shift_intervals` with the
+    run's :class:`~lcd_core.model.IntervalSources`: its ensemble and its fit check's calibration, as the
+    page found them), computed in the background once per (run, label, settings, reference control); ``None``
+    while running. ``control``: the reference control cells; ``generated_control``: they are the model's own,
+    so their sampling error joins the interval."""
+    from lcd_core.model import mean_se, shift_intervals
 
-    # the fit report is a small JSON file, read again: `lcd fit` may rewrite it
-    src = IntervalSources.of(load_model(run_path), ensemble(run_path), read_fit(run_path))
-    models, calibration = src.models, src.calibration
+    models, calibration = sources.models, sources.calibration
     key = ("intervals", run_key(run_path), label, int(n_cells), int(seed), n_evals, bool(anchored), reference,
            len(models), None if calibration is None else len(calibration))
     control = np.asarray(control, dtype=np.float64)

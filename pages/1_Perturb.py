@@ -145,9 +145,9 @@ def unseen_block(model, unseen: list[str]) -> None:
         st.caption("These genes are not measured by the model either, so the what-if cannot answer for them.")
 
 
-def intervals_toggle(run, model) -> bool:
+def intervals_toggle(run, model) -> IntervalSources | None:
     """The switch of the prediction intervals, when the run has an ensemble or a calibrated fit check; says
-    how to get them otherwise."""
+    how to get them otherwise. The run's interval sources when switched on, else ``None``."""
     try:
         ens = results.ensemble(run)
     except LCDError as e:
@@ -157,14 +157,15 @@ def intervals_toggle(run, model) -> bool:
     if not src.available:
         st.caption("No prediction intervals: this run has neither an ensemble (`lcd ensemble RUN`) nor a calibrated "
                    "fit check (`lcd fit RUN --data SCREEN`).")
-        return False
+        return None
     what = " + ".join(([f"{len(src.models)}-network ensemble"] if len(src.models) > 1 else []) +
                       (["calibrated on the training conditions"] if src.calibration is not None else []))
-    return st.toggle(f"Prediction intervals ({what})", value=False, key="pert_intervals",
-                     help="Each gene's mean shift with an interval: the cells drawn, the spread between networks "
-                          "trained with other seeds, and how far the run's predictions of its own training conditions "
-                          "fall from their measured shifts. Samples the perturbation once per network (about 1 s "
-                          "more on the demo's CPU), so it is off unless asked.")
+    on = st.toggle(f"Prediction intervals ({what})", value=False, key="pert_intervals",
+                   help="Each gene's mean shift with an interval: the cells drawn, the spread between networks "
+                        "trained with other seeds, and how far the run's predictions of its own training conditions "
+                        "fall from their measured shifts. Samples the perturbation once per network (about 1 s "
+                        "more on the demo's CPU), so it is off unless asked.")
+    return src if on else None
 
 
 def fit_block(run, label: str, cells, obs, control, rk) -> dict:
@@ -265,9 +266,10 @@ def lcd_mode(screen, run, model) -> None:
     idx = {g: i for i, g in enumerate(model.genes)}
     for name, bc in base.items():
         table[f"{name}_shift"] = (bc.mean(0) - cmean)[[idx[g] for g in table["gene"]]]
-    show_intervals = intervals_toggle(run, model)
+    sources = intervals_toggle(run, model)
+    show_intervals = sources is not None
     if show_intervals:
-        iv = results.intervals(run, label, control, cells, n_cells=n_cells, seed=seed, n_evals=n_evals,
+        iv = results.intervals(run, sources, label, control, cells, n_cells=n_cells, seed=seed, n_evals=n_evals,
                                anchored=anchored, reference=screen.data_hash if same else "generated control",
                                generated_control=not same)
         if iv is not None:
@@ -380,16 +382,15 @@ def interaction_block(screen, run, model, label: str, pred: dict, obs, fitc: dic
         # computed and drawn only when asked for
         if not st.toggle(f"{label} against the additive expectation (Norman et al.'s scatter)", key="pert_gi_panel"):
             return
-        with st.container():
-            try:
-                shifts = results.memo(("gi_shifts", rk), lambda: interaction_shifts(
-                    screen.log1p(KEYS.CONTROL), screen.log1p(a), screen.log1p(b), genes=model.genes,
-                    observed=obs, predicted=pred[label]))
-                st.plotly_chart(gi_scatter(shifts, title=label), key="gi_scatter_chart")
-                st.caption("Each gene's shift in the double (y) against the sum of its shifts in the two measured "
-                           "singles (x); on the diagonal: additive. Observed blue, predicted vermillion.")
-            except LCDError as e:
-                widgets.show_error(e, "Interaction scatter")
+        try:
+            shifts = results.memo(("gi_shifts", rk), lambda: interaction_shifts(
+                screen.log1p(KEYS.CONTROL), screen.log1p(a), screen.log1p(b), genes=model.genes,
+                observed=obs, predicted=pred[label]))
+            st.plotly_chart(gi_scatter(shifts, title=label), key="gi_scatter_chart")
+            st.caption("Each gene's shift in the double (y) against the sum of its shifts in the two measured "
+                       "singles (x); on the diagonal: additive. Observed blue, predicted vermillion.")
+        except LCDError as e:
+            widgets.show_error(e, "Interaction scatter")
 
 
 def screen_block(screen, run, model, fit) -> None:

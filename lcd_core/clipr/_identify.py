@@ -24,8 +24,9 @@ The directed variant's ρ is computed in standardised units (each gene in its ow
 deviation: the metric of A's entries Ã_ij = A_ij sd_j / sd_i), so that a gene's units do not decide its
 labels, and an edge between two genes that were both left unperturbed is *not identified* whatever its ρ:
 no perturbation equation concerns it. Labels (:data:`LABELS`), on the scale of the unresolved standard
-deviation √ρ: *identified* when √ρ ≤ 0.1 (ρ ≤ :data:`IDENTIFIED_MAX`); *not identified* when √ρ is closer to that of an edge whose direction is
-unknown (√(1/2)) than to 0, i.e. ρ ≥ 1/8 (:data:`NOT_IDENTIFIED_MIN`); *partly identified* in between.
+deviation √ρ: *identified* when √ρ ≤ 0.1 (ρ ≤ :data:`IDENTIFIED_MAX`); *not identified* when √ρ is closer to
+that of an edge whose direction is unknown (√(1/2)) than to 0, i.e. ρ ≥ 1/8 (:data:`NOT_IDENTIFIED_MIN`);
+*partly identified* in between.
 """
 
 from __future__ import annotations

@@ -167,10 +167,10 @@ def fit_reference_embedding(
     nn = int(min(n_neighbors, X.shape[0] - 1))
     # exact neighbours handed in: umap-learn's own search (brute force below 4096 cells, NN-descent above)
     # is numba code compiled in every new process, ~9 s of a ~25 s fit on the 2-core CPU
-    knn = _exact_knn(Z, nn)
+    idx, dist = _neighbours(Z, Z, nn, self_first=True)
     model = umap.UMAP(n_neighbors=nn, min_dist=min_dist, n_components=2, random_state=seed, n_epochs=200,
                       low_memory=True, n_jobs=1, verbose=False,  # seeded umap runs on one thread anyway
-                      precomputed_knn=(*knn, None), force_approximation_algorithm=True)
+                      precomputed_knn=(idx, dist.astype(np.float32), None), force_approximation_algorithm=True)
     with warnings.catch_warnings():  # "transform will be unavailable": placement is ours (ReferenceEmbedding)
         warnings.filterwarnings("ignore", message="precomputed_knn", category=UserWarning)
         emb.coords = np.asarray(model.fit_transform(Z), dtype=np.float32)
@@ -180,16 +180,21 @@ def fit_reference_embedding(
     return emb
 
 
-def _exact_knn(Z: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """``(idx, dist)``, both ``(n, k)``: each row of ``Z`` ``(n, p)``'s ``k`` nearest rows of ``Z`` itself
-    (Euclidean, the row first at distance 0, nearest first): umap-learn's ``precomputed_knn`` layout."""
-    Z = Z.astype(np.float64)
-    sq = (Z**2).sum(1)
+def _neighbours(Z: np.ndarray, ref: np.ndarray, k: int, *, self_first: bool = False,
+                chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """``(idx, dist)``, both ``(n, k)``: each row of ``Z`` ``(n, p)``'s ``k`` nearest rows of ``ref``
+    ``(n_ref, p)`` (Euclidean, nearest first). ``self_first``: ``ref`` is ``Z`` and each row is its own first
+    neighbour at distance 0 even beside a duplicate (umap-learn's ``precomputed_knn`` layout)."""
+    k = int(min(k, len(ref)))
+    ref = ref.astype(np.float64)
+    ref_sq = (ref**2).sum(1)
     idx = np.empty((len(Z), k), dtype=np.int64)
-    dist = np.empty((len(Z), k), dtype=np.float32)
+    dist = np.empty((len(Z), k))
     for s in range(0, len(Z), chunk):
-        d2 = sq[s:s + chunk, None] + sq[None, :] - 2.0 * (Z[s:s + chunk] @ Z.T)
-        d2[np.arange(len(d2)), np.arange(s, s + len(d2))] = -1.0  # each row is its own first neighbour
+        z = Z[s:s + chunk].astype(np.float64)
+        d2 = (z**2).sum(1)[:, None] + ref_sq[None, :] - 2.0 * (z @ ref.T)
+        if self_first:
+            d2[np.arange(len(d2)), np.arange(s, s + len(d2))] = -1.0
         ix = np.argpartition(d2, k - 1, axis=1)[:, :k]
         part = np.take_along_axis(d2, ix, axis=1)
         order = np.argsort(part, axis=1, kind="stable")
@@ -198,21 +203,11 @@ def _exact_knn(Z: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np
     return idx, dist
 
 
-def _knn(Z: np.ndarray, ref: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def _knn(Z: np.ndarray, ref: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``(idx, w)``, both ``(n, k)``: each row of ``Z`` ``(n, p)``'s ``k`` nearest rows of ``ref``
     ``(n_ref, p)`` (Euclidean, in PC space) and their fuzzy memberships (:func:`_memberships`)."""
-    k = int(min(k, len(ref)))
-    ref = ref.astype(np.float64)
-    ref_sq = (ref**2).sum(1)
-    idx = np.empty((len(Z), k), dtype=np.int64)
-    w = np.empty((len(Z), k))
-    for s in range(0, len(Z), chunk):
-        z = Z[s:s + chunk].astype(np.float64)
-        d2 = (z**2).sum(1)[:, None] + ref_sq[None, :] - 2.0 * (z @ ref.T)
-        ix = np.argpartition(d2, k - 1, axis=1)[:, :k]
-        idx[s:s + chunk] = ix
-        w[s:s + chunk] = _memberships(np.sqrt(np.maximum(np.take_along_axis(d2, ix, axis=1), 0.0)))
-    return idx, w
+    idx, dist = _neighbours(Z, ref, k)
+    return idx, _memberships(dist)
 
 
 @functools.lru_cache(maxsize=8)
