@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--home-pause", type=float, default=0.0,
                     help="seconds spent on Home before the first click (a reader's pause; 0: click at once)")
     args = ap.parse_args()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_app_"))
@@ -138,7 +139,7 @@ def main() -> None:
 
                 # Perturb: choose a new double → updated UMAP
                 visit("Perturb", "Perturb", "generated cells of")
-                lat, full = [], []
+                lat, full, retried = [], [], []
                 for i in range(args.doubles):
                     box = page.locator('[data-testid="stSelectbox"]').filter(has_text="Double").first
                     box.locator('[role="combobox"]').click()
@@ -146,6 +147,14 @@ def main() -> None:
                     label = opt.inner_text().split()[0]
                     t0 = time.monotonic()
                     opt.click()
+                    # now and then (1 run in 5 here) the click on the option is lost: the list stays open and no
+                    # rerun starts (failure.png). A user clicks again: so does this, timed from the second click
+                    try:
+                        page.locator('[role="listbox"]').wait_for(state="hidden", timeout=3000)
+                    except PlaywrightTimeout:
+                        retried.append(label)
+                        t0 = time.monotonic()
+                        page.locator('[role="option"]').filter(has_text=label).first.click()
                     page.locator('[data-testid="stMarkdownContainer"]').filter(
                         has_text=f"generated cells of {label}").first.wait_for()
                     page.locator('[data-testid="stPlotlyChart"]').filter(has_text=f"{label} (predicted)").first.wait_for()
@@ -155,6 +164,7 @@ def main() -> None:
                 res["double_to_umap_s"] = {"each": lat, "median": statistics.median(lat), "max": max(lat),
                                            "target": 2.0}
                 res["double_to_full_page_s"] = {"each": full, "median": statistics.median(full), "max": max(full)}
+                res["lost_clicks_retried"] = retried
                 res["server_memory"] = rss_mb(proc.pid)
                 ctx.close()
             except Exception:

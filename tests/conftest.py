@@ -80,3 +80,29 @@ def norman_h5ad() -> Path:
 @pytest.fixture(scope="session")
 def papalexi_h5ad() -> Path:
     return shared_file("papalexi2021_thp1_subset.h5ad")
+
+
+@pytest.fixture
+def lcd_here(capsys):
+    """``lcd ARGS`` in this process: the real parser and commands without a new interpreter, whose torch
+    import costs ~3 s a call on these CPUs. Returns a :class:`subprocess.CompletedProcess` (``returncode``,
+    ``stdout``, ``stderr``), like the subprocess tests, and raises when ``check`` and the command failed.
+    The process boundary itself (entry point, signals, exit status of a real process) is tested in
+    test_cli.py with real subprocesses."""
+    import subprocess
+
+    from lcd_core.cli import main
+
+    def call(*args, check: bool = True) -> subprocess.CompletedProcess:
+        argv = [str(a) for a in args]
+        capsys.readouterr()
+        try:
+            rc = main(argv)
+        except SystemExit as e:  # argparse's usage errors
+            rc = e.code if isinstance(e.code, int) else 2
+        out = capsys.readouterr()
+        if check and rc != 0:
+            raise AssertionError(f"lcd {' '.join(argv)} failed ({rc}):\n{out.err}")
+        return subprocess.CompletedProcess(["lcd", *argv], rc, out.out, out.err)
+
+    return call

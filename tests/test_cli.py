@@ -1,5 +1,6 @@
-"""The ``lcd`` command line, run as a real subprocess: help, errors as one line, train → predict,
-and interruption (SIGINT, SIGKILL) with resume."""
+"""The ``lcd`` command line: help, errors as one line, train → predict and interruption (SIGINT, SIGKILL)
+with resume as real subprocesses; the commands whose process boundary is not what is tested (CLIPR, modules,
+refusals of bad settings and screens) in this process (conftest's ``lcd_here``)."""
 
 from __future__ import annotations
 
@@ -65,11 +66,12 @@ def test_inspect_tiny(tiny_h5ad):
     assert "360" in out and "12" in out  # cells, genes
 
 
-def test_bad_overrides_are_refused(tiny_h5ad, tmp_path):
-    assert_one_line_error(run("train", tiny_h5ad, "--out", tmp_path / "r", "--set", "stage2.nope=1", check=False),
+def test_bad_overrides_are_refused(tiny_h5ad, tmp_path, lcd_here):
+    assert_one_line_error(lcd_here("train", tiny_h5ad, "--out", tmp_path / "r", "--set", "stage2.nope=1", check=False),
                           "unknown configuration key")
-    assert_one_line_error(run("train", tiny_h5ad, "--out", tmp_path / "r", "--set", "stage2.steps=many", check=False),
-                          "does not match the type")
+    assert_one_line_error(lcd_here("train", tiny_h5ad, "--out", tmp_path / "r", "--set", "stage2.steps=many",
+                                   check=False), "does not match the type")
+    assert not (tmp_path / "r").exists()
 
 
 def test_train_then_predict(tiny_h5ad, tmp_path):
@@ -192,7 +194,7 @@ def test_inspect_demo_matches_the_file():
     assert "simulated:   yes" in out and "truth: yes" in out and "split: yes" in out
 
 
-def test_clipr_and_modules_on_the_shipped_demo_run(tmp_path):
+def test_clipr_and_modules_on_the_shipped_demo_run(tmp_path, lcd_here):
     """`lcd clipr` and `lcd modules` as PRODUCT.md writes them, on a copy of assets/demo_run (its CLIPR cache
     travels with it); the default modules match the demo's 6 true modules (ARI ≥ 0.7)."""
     import shutil
@@ -207,31 +209,31 @@ def test_clipr_and_modules_on_the_shipped_demo_run(tmp_path):
     root = Path(__file__).resolve().parents[1]
     shutil.copytree(root / "assets" / "demo_run", tmp_path / "run")
     truth = read_screen(demo_screen_path()).truth
-    run("clipr", tmp_path / "run", "--out", tmp_path / "effects.csv")
+    lcd_here("clipr", tmp_path / "run", "--out", tmp_path / "effects.csv")
     eff = pd.read_csv(tmp_path / "effects.csv")  # plain: no reader options (issue 14.9)
     assert list(eff.columns) == ["source", "target", "effect", "identifiability"] and len(eff) > 0
     prov = json.loads((tmp_path / "effects.provenance.json").read_text())
     assert prov["variant"] == "directed" and prov["data_hash"] and prov["run"] == str(tmp_path / "run")
     # the paper variant on the default schedule: the flows ran it whole, nothing to warn about (the cached
     # result carries its warnings: only the rank note of 49 perturbed genes in 144)
-    paper = run("clipr", tmp_path / "run", "--variant", "paper", "--out", tmp_path / "paper.csv")
+    paper = lcd_here("clipr", tmp_path / "run", "--variant", "paper", "--out", tmp_path / "paper.csv")
     assert "converged" not in paper.stderr and "span only 49" in paper.stderr, paper.stderr
     assert "signs are not to be trusted" in paper.stderr  # 48 of 144 genes perturbed (docs/benchmarks.md)
     # Σ and limit responses from the drift's fixed points and generated control cells (METHOD §4)
-    run("clipr", tmp_path / "run", "--source", "fixed_points", "--out", tmp_path / "fp.csv")
+    lcd_here("clipr", tmp_path / "run", "--source", "fixed_points", "--out", tmp_path / "fp.csv")
     fp = pd.read_csv(tmp_path / "fp.csv")
     assert json.loads((tmp_path / "fp.provenance.json").read_text())["source"] == "fixed_points"
     assert fp.shape == eff.shape and np.isfinite(fp["effect"]).all()
     for args, needle in ((("--source", "data", "--data", demo_screen_path()), "count model"),
                          (("--source", "data"), "--data"),
                          (("--variant", "paper", "--source", "fixed_points"), "--variant directed")):
-        bad = run("clipr", tmp_path / "run", *args, "--out", tmp_path / "no.csv", check=False)
+        bad = lcd_here("clipr", tmp_path / "run", *args, "--out", tmp_path / "no.csv", check=False)
         assert_one_line_error(bad, needle)
         assert not (tmp_path / "no.csv").exists()
 
     def modules(*extra):
         out = tmp_path / f"modules{len(extra)}.tsv"
-        proc = run("modules", tmp_path / "run", "--gmt", root / "assets" / "demo_modules.gmt", *extra, "--out", out)
+        proc = lcd_here("modules", tmp_path / "run", "--gmt", root / "assets" / "demo_modules.gmt", *extra, "--out", out)
         tab = pd.read_table(out, keep_default_na=False).set_index("gene")  # plain TSV, header first
         header = json.loads(out.with_name(out.stem + ".provenance.json").read_text())
         return tab, header, proc.stdout
@@ -243,22 +245,22 @@ def test_clipr_and_modules_on_the_shipped_demo_run(tmp_path):
     assert (tab["top_terms"] != "").any()  # the true-module GMT enriches some module
     tab, header, _ = modules("--cut", "0.3")  # PRODUCT.md's --cut: the dendrogram of METHOD §5
     assert header["modules"] == {**header["modules"], "method": "hierarchical", "cut": 0.3}
-    bad = run("modules", tmp_path / "run", "--resolution", "0", "--out", tmp_path / "x.tsv", check=False)
+    bad = lcd_here("modules", tmp_path / "run", "--resolution", "0", "--out", tmp_path / "x.tsv", check=False)
     assert_one_line_error(bad, "resolution")
     assert not (tmp_path / "x.tsv").exists()
 
 
 @pytest.mark.parametrize("case", ["all_zero", "zero_condition", "constant_genes"])
-def test_screens_without_signal_are_refused(tmp_path, case):
+def test_screens_without_signal_are_refused(tmp_path, case, lcd_here):
     """`lcd inspect` lists the problem and exits non-zero; `lcd train` refuses with one line and starts
     nothing (the three no-signal screens of tests/test_data_bad_input.py, written with anndata)."""
     from test_data_bad_input import NO_SIGNAL, _no_signal
 
     path = tmp_path / f"{case}.h5ad"
     _no_signal(case).write_h5ad(path)
-    proc = run("inspect", path, check=False)
+    proc = lcd_here("inspect", path, check=False)
     assert_one_line_error(proc, "lcd inspect", "no signal", NO_SIGNAL[case])
     assert "problems (1):" in proc.stdout and NO_SIGNAL[case] in proc.stdout
-    proc = run("train", path, "--out", tmp_path / "run", *TINY, check=False)
+    proc = lcd_here("train", path, "--out", tmp_path / "run", *TINY, check=False)
     assert_one_line_error(proc, "lcd train", "no signal", NO_SIGNAL[case])
     assert not (tmp_path / "run").exists()

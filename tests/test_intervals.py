@@ -4,8 +4,6 @@ and ``lcd predict --intervals``."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import anndata as ad
 import numpy as np
@@ -174,16 +172,14 @@ def _other_screen(tmp):
     return path
 
 
-def test_cli_predict_writes_intervals_and_refuses_without_ensemble(ensemble_run):
+def test_cli_predict_writes_intervals_and_refuses_without_ensemble(ensemble_run, lcd_here):
     tmp, screen = ensemble_run
     run = tmp / "run"
     out = tmp / "pred.h5ad"
-    cmd = [sys.executable, "-m", "lcd_core.cli", "predict", str(run), "--perturb", "G00+G01", "--perturb", "G02",
-           "--cells", "100", "--intervals", "--out", str(out)]
+    cmd = ["predict", run, "--perturb", "G00+G01", "--perturb", "G02", "--cells", "100", "--intervals", "--out", out]
     if not (run / "ensemble.json").exists():
         fit_ensemble(run, screen, members=2)
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    lcd_here(*cmd)
     a = ad.read_h5ad(out)
     for label in ("G00+G01", "G02"):
         low, high = a.var[f"{label}_shift_low"].to_numpy(), a.var[f"{label}_shift_high"].to_numpy()
@@ -196,9 +192,9 @@ def test_cli_predict_writes_intervals_and_refuses_without_ensemble(ensemble_run)
     (run / "fit.json").rename(run / "fit.json.bak")
     try:
         out2 = tmp / "pred2.h5ad"
-        done = subprocess.run(cmd[:-1] + [str(out2)], capture_output=True, text=True, timeout=300)
+        done = lcd_here(*cmd[:-1], out2, check=False)
         assert done.returncode != 0 and "lcd ensemble" in done.stderr and not out2.exists()
-        bad = subprocess.run(cmd[:-1] + [str(out2), "--level", "1.5"], capture_output=True, text=True, timeout=300)
+        bad = lcd_here(*cmd[:-1], out2, "--level", "1.5", check=False)
         assert bad.returncode != 0 and "--level" in bad.stderr
     finally:
         (run / "ensemble.json.bak").rename(run / "ensemble.json")

@@ -220,18 +220,9 @@ TINY = ["--set", "stage1.steps=30", "--set", "stage1.n_samples=64", "--set", "st
 
 
 @pytest.fixture
-def lcd(capsys):
-    """``lcd ARGS`` in this process (the real parser and commands); returns its stdout."""
-    from lcd_core.cli import main
-
-    def call(*args):
-        capsys.readouterr()
-        rc = main([str(a) for a in args])
-        out = capsys.readouterr()
-        assert rc == 0, out.err
-        return out.out
-
-    return call
+def lcd(lcd_here):
+    """``lcd ARGS`` in this process (conftest's ``lcd_here``); returns its stdout."""
+    return lambda *args: lcd_here(*args).stdout
 
 
 def test_inspect_says_how_counts_were_recovered(norman_h5ad, lcd):
