@@ -108,7 +108,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000, help="stage-2 steps of each network")
     ap.add_argument("--cells", type=int, default=500, help="generated cells per condition")
-    ap.add_argument("--mid-boost", type=float, default=3.0, help="extra weight of the levels in MID (0: only the shipped loss)")
+    ap.add_argument("--mid-boost", type=float, default=3.0,
+                    help="extra weight of the levels in MID (0: only the shipped loss)")
     args = ap.parse_args()
     if not DATA.is_file():
         sys.exit(f"bench_shrinkage: {DATA} is absent (../shared/data/README.md)")

@@ -233,7 +233,8 @@ def test_clipr_and_modules_on_the_shipped_demo_run(tmp_path, lcd_here):
 
     def modules(*extra):
         out = tmp_path / f"modules{len(extra)}.tsv"
-        proc = lcd_here("modules", tmp_path / "run", "--gmt", root / "assets" / "demo_modules.gmt", *extra, "--out", out)
+        proc = lcd_here("modules", tmp_path / "run", "--gmt", root / "assets" / "demo_modules.gmt", *extra,
+                        "--out", out)
         tab = pd.read_table(out, keep_default_na=False).set_index("gene")  # plain TSV, header first
         header = json.loads(out.with_name(out.stem + ".provenance.json").read_text())
         return tab, header, proc.stdout
