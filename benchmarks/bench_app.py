@@ -147,8 +147,9 @@ def main() -> None:
                     label = opt.inner_text().split()[0]
                     t0 = time.monotonic()
                     opt.click()
-                    # now and then (1 run in 5 here) the click on the option is lost: the list stays open and no
-                    # rerun starts (failure.png). A user clicks again: so does this, timed from the second click
+                    # now and then (2 of 4 runs without this retry) the click on the option is lost: the list stays
+                    # open and no rerun starts (failure.png). A user clicks again: so does this, timed from the
+                    # second click
                     try:
                         page.locator('[role="listbox"]').wait_for(state="hidden", timeout=3000)
                     except PlaywrightTimeout:

@@ -8,7 +8,7 @@ training latents' mean shift over each knockout's top-20 genes (1 = no shrinkage
 
 - the denoiser's mean output on noisy training latents, per noise level;
 - the fast sampler's cells with its chains started from N(0, I) (as shipped) and from the VE prior N(0, σ_max² I);
-- the shipped start's chains step by step (after recentring, then each grid level).
+- the shipped start's chains step by step (after recentring at σ_max, then each grid level).
 
     .venv/bin/python benchmarks/bench_shrinkage.py [--steps 2000] [--cells 500] [--mid-boost 3]
 
@@ -55,7 +55,7 @@ def mid_weighted_loss(boost: float):
 
 
 def measure(net, x, pert, n_cells: int) -> dict:
-    from lcd_core.sampling import _denoise, _randn, edm_sampler
+    from lcd_core.sampling import edm_sampler
 
     d = x[0].shape[1]
     means = np.stack([xi.mean(0) for xi in x])
@@ -73,34 +73,22 @@ def measure(net, x, pert, n_cells: int) -> dict:
                           .double().mean(0).numpy())
             dm = np.stack(dm)
             out["denoiser"][f"{sigma:.3g}"] = slope(tshift, dm[1:] - dm[0])
+        # the fast sampler as `lcd_core.sampling.sample` runs it (32 evaluations), from two starts; the
+        # shipped start's chains are also followed step by step (edm_sampler's on_step)
         for name, scale in (("start N(0, I) (shipped)", 1.0), ("start N(0, sigma_max^2 I)", net.sde.sigma_max)):
-            gm = []
+            gm, steps = [], {}
             for k in range(len(x)):
                 g = torch.Generator().manual_seed(k)
                 x0 = scale * torch.randn(n_cells, d, generator=g, dtype=torch.float64)
+                follow = (lambda s, xs: steps.setdefault(f"{s:.3g}", []).append(xs.mean(0).numpy())) \
+                    if scale == 1.0 else None
                 gm.append(edm_sampler(net.score, net.sde, x0, torch.as_tensor(pert[k])[None], n_evals=32,
-                                      generator=g).numpy().mean(0))
+                                      generator=g, on_step=follow).numpy().mean(0))
             gm = np.stack(gm)
             out["generated"][name] = slope(tshift, gm[1:] - gm[0])
-        # the shipped start, step by step (the deterministic grid of edm_sampler without churn)
-        grid = net.sde.edm_grid(16, 7.0).tolist() + [0.0]
-        steps: dict[str, list] = {}
-        for k in range(len(x)):
-            g = torch.Generator().manual_seed(k)
-            p = torch.as_tensor(pert[k])[None]
-            xs = torch.randn(n_cells, d, generator=g, dtype=torch.float64)
-            xs = _denoise(net.score, xs, grid[0], p) + grid[0] * _randn(xs, g)
-            steps.setdefault("recentred", []).append(xs.mean(0).numpy())
-            for s_cur, s_next in zip(grid[:-1], grid[1:]):
-                d_cur = (xs - _denoise(net.score, xs, s_cur, p)) / s_cur
-                nxt = xs + (s_next - s_cur) * d_cur
-                if s_next > 0:
-                    nxt = xs + (s_next - s_cur) * 0.5 * (d_cur + (nxt - _denoise(net.score, nxt, s_next, p)) / s_next)
-                xs = nxt
-                steps.setdefault(f"{s_next:.3g}", []).append(xs.mean(0).numpy())
-        for key, v in steps.items():
-            v = np.stack(v)
-            out["trajectory"][key] = slope(tshift, v[1:] - v[0])
+            for key, v in steps.items():
+                v = np.stack(v)
+                out["trajectory"][key] = slope(tshift, v[1:] - v[0])
     return out
 
 
@@ -151,7 +139,7 @@ def main() -> None:
         for part in ("denoiser", "generated", "trajectory"):
             for key, v in r[part].items():
                 label = {"denoiser": f"denoiser at sigma {key}", "generated": f"generated, {key}",
-                         "trajectory": f"shipped chains after step to sigma {key}"}[part]
+                         "trajectory": f"shipped chains at sigma {key}"}[part]
                 print(f"{name:<22} {label:<44} {v:.3f}")
     out = HERE / "results" / "shrinkage_papalexi.json"
     out.write_text(json.dumps(res, indent=2))

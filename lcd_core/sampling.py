@@ -166,6 +166,7 @@ def edm_sampler(
     s_noise: float = 1.0,
     n_recentre: int = 1,
     generator: torch.Generator | None = None,
+    on_step: Callable[[float, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Heun integration of the probability-flow ODE on an EDM grid, optionally stochastic (Karras et al.
     2022, Alg. 2), after recentring the chains at ``sigma_max``.
@@ -198,6 +199,9 @@ def edm_sampler(
         Recentring steps ``x ← D(x; σ_max) + σ_max ξ`` before integrating: a Langevin step of size
         ``σ_max²`` with its noise scaled to keep the marginal variance ``σ_max²``. The ODE alone can
         not move chains started at the origin onto conditions ~20 units away (METHOD.md §3 notes).
+    on_step
+        Called with ``(σ, x)`` after the recentring (σ = ``sigma_max``) and after each step (σ of the level
+        reached, 0 at the end): to follow the chains (benchmarks/bench_shrinkage.py).
 
     Returns
     -------
@@ -209,6 +213,8 @@ def edm_sampler(
     # Step 0: recentre on the condition at σ_max
     for _ in range(n_recentre):
         x = _denoise(score_fn, x, sig[0], pert) + sig[0] * _randn(x, generator)
+    if on_step is not None:
+        on_step(sig[0], x)
     gamma_max = min(churn / n_grid, math.sqrt(2) - 1)
     for i in range(n_grid):
         s_cur, s_next = sig[i], sig[i + 1]
@@ -225,6 +231,8 @@ def edm_sampler(
             d_next = (x_next - _denoise(score_fn, x_next, s_next, pert)) / s_next
             x_next = x + (s_next - s_hat) * 0.5 * (d_cur + d_next)
         x = x_next
+        if on_step is not None:
+            on_step(s_next, x)
     return x
 
 
