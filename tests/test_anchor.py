@@ -60,6 +60,32 @@ def test_combination_factors_compose_from_the_singles(trained):
     np.testing.assert_allclose(a.for_label("G07"), np.clip(rows["ctrl"], -6, 6))
 
 
+def test_a_combination_is_lcds_own_mean_plus_the_composed_gaps(trained):
+    screen, model, _ = trained
+    a = model.anchors
+    for label in ["G00", "G02"]:  # a single's gap: its measured mean minus LCD's own (as fitted, seed 0)
+        own = model.predict([label], 1000, seed=0).cells[label].mean(0)
+        gap = a.gap[a.labels.index(label)]
+        assert np.median(np.abs(gap - (screen.log1p(label).mean(0) - own))) < 0.05
+    # a held-out double, with gaps set by hand and every stored factor 1: composing the factors (version 6) would
+    # leave LCD's own cells; the same latent states decoded with factors fitted on them must instead land on LCD's
+    # own mean plus g_ctrl + (g_G00 − g_ctrl) + (g_G01 − g_ctrl), up to the count draws' noise and the fit's error
+    label = "G00+G01"
+    own = model.predict([label], 1000, seed=0).cells[label].mean(0)
+    gap = np.zeros_like(a.gap)
+    gap[a.labels.index("G00"), :4] = 0.5
+    gap[a.labels.index("G01"), 2:6] = -0.3
+    saved, model.anchors = model.anchors, Anchors(a.labels, np.zeros_like(a.log_scale), gap, a.settings)
+    try:
+        anchored = model.predict([label], 1000, seed=0, anchored=True).cells[label].mean(0)
+    finally:
+        model.anchors = saved
+    wanted = np.maximum(own + np.r_[[0.5] * 2, [0.2] * 2, [-0.3] * 2, [0.0] * (len(own) - 6)], 0.0)
+    diff = anchored - wanted
+    err = np.abs(diff - diff.mean())  # centred, as for the singles above
+    assert np.median(err) < 0.05 and err.max() < 0.15, err.round(2)
+
+
 def test_anchored_without_anchors_is_refused(trained):
     _, model, run = trained
     bare = LCD.load(run, device="cpu")

@@ -26,7 +26,7 @@ from ..errors import ConfigError, RunError
 from ..module import QuantileDecoder, ScoreNet, ZIPNoise
 from ..pp import normalize_log1p
 from ..sampling import SAMPLERS, sample
-from ._anchor import Anchors
+from ._anchor import Anchors, anchored_log_scale
 from ._extrapolation import extrapolation_notes
 from ._run import MODEL_META, WEIGHTS, RunDir, atomic_write_json
 
@@ -251,7 +251,8 @@ class LCD:
             Cells of a label depend only on (seed, label).
         anchored
             [ours] Decode with the run's anchors (:mod:`lcd_core.model._anchor`): each single's mean is the
-            measured one, the distribution and the combination's departure from its singles stay LCD's.
+            measured one; a combination's is LCD's own plus its singles' measured-minus-generated gaps (its rate
+            factors fitted on its own generated cells), so the distribution and the interaction stay LCD's.
         """
         if not perturbations:
             raise ConfigError("no perturbation given")
@@ -266,8 +267,9 @@ class LCD:
             s = self.mu + self.sd * x
             latent[label] = s.astype(np.float32)
             if self.noise is not None:  # keep the counts: the file's own space needs them (lcd predict)
-                scale = self.anchors.for_label(label) if anchored else None
-                counts[label] = self.decode_counts(s, seed=_label_seed(seed + 1, label), log_rate_scale=scale)
+                decode_seed = _label_seed(seed + 1, label)
+                scale = anchored_log_scale(self, label, s, seed=decode_seed) if anchored else None
+                counts[label] = self.decode_counts(s, seed=decode_seed, log_rate_scale=scale)
                 cells[label] = np.asarray(normalize_log1p(counts[label]), dtype=np.float32)
             else:
                 cells[label] = self.decode(s, seed=_label_seed(seed + 1, label))
