@@ -7,18 +7,10 @@ import streamlit as st
 from app_ui import jobs, state, widgets
 from lcd_core import LCDError
 from lcd_core.metrics import SUMMARY_COLUMNS, metric_legend, summarize
+from lcd_core.model import saved_evaluation
 from lcd_core.pl import metric_bars
 
 PLOTTED = ["mmd", "energy", "wasserstein", "rmse", "pearson_delta", "pearson_systema", "de_auroc"]
-
-
-def _evaluate(model, screen, n_cells: int):
-    """The per-condition table and the calibration protocol's rows (one background job)."""
-    from lcd_core.model import evaluate_run
-
-    half: list = []
-    per = evaluate_run(model, screen, n_cells=n_cells, seed=0, half_protocol=half)
-    return per, half
 
 
 def with_calibrated(summ, half: list):
@@ -58,7 +50,8 @@ def main() -> None:
                 "single-gene shifts; linear), then compared with the observed cells.")
     n_cells = st.select_slider("Cells per condition and method", [100, 200, 300, 500], value=200, key="bm_cells")
     key = ("evaluate+calibrated", state.run_key(run), screen.data_hash, int(n_cells))
-    result = jobs.run_job(key, lambda: _evaluate(model, screen, int(n_cells)), label="benchmark",
+    # saved in the run directory: computed once per run and setting, loaded at every later visit
+    result = jobs.run_job(key, lambda: saved_evaluation(model, screen, n_cells=int(n_cells)), label="benchmark",
                         what=f"Evaluating {len(held)} held-out conditions", wait=3.0, store="resources")
     if result is None:
         return

@@ -145,3 +145,36 @@ def test_training_reference_is_what_the_scores_are_measured_against(run):
     np.testing.assert_allclose(perturbed_mean, expected)
     assert perturbed_mean.shape == (len(screen.genes),)
     assert not np.allclose(perturbed_mean, screen.log1p(KEYS.CONTROL).mean(0))
+
+
+def test_the_benchmark_evaluation_is_saved_in_the_run_and_keyed_by_what_made_it(run, monkeypatch):
+    """Computed once and saved in the run directory; a later call reads the file (a value changed in it comes
+    back); another evaluation version, another cell count or a torn file computes and writes again."""
+    import json
+
+    import lcd_core.model._saved_evaluation as saved
+    from lcd_core.model import evaluation_path, saved_evaluation
+
+    _, screen, model = run
+    path = evaluation_path(model, screen, n_cells=40)
+    assert path is not None and path.parent.name == "cache" and not path.exists()
+    per, half = saved_evaluation(model, screen, n_cells=40)
+    assert path.is_file() and set(per["method"]) >= {"lcd", "additive"} and half
+    again, half_again = saved_evaluation(model, screen, n_cells=40)
+    pd.testing.assert_frame_equal(again, per)  # the same table, dtypes included
+    assert half_again == json.loads(json.dumps(half))
+
+    data = json.loads(path.read_text())
+    data["per_condition"][0]["mmd"] = 123.0  # a marker only the file holds
+    path.write_text(json.dumps(data))
+    assert saved_evaluation(model, screen, n_cells=40)[0]["mmd"].iloc[0] == 123.0
+    assert evaluation_path(model, screen, n_cells=60) != path
+
+    monkeypatch.setattr(saved, "EVALUATION_VERSION", saved.EVALUATION_VERSION + 1)
+    newer = evaluation_path(model, screen, n_cells=40)
+    assert newer != path
+    assert saved_evaluation(model, screen, n_cells=40)[0]["mmd"].iloc[0] != 123.0 and newer.is_file()
+
+    newer.write_text('{"per_condition": [')  # torn: computed again and rewritten
+    assert saved_evaluation(model, screen, n_cells=40)[0]["mmd"].iloc[0] != 123.0
+    assert json.loads(newer.read_text())["per_condition"]

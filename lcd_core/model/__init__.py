@@ -9,6 +9,7 @@ from ._extrapolation import extrapolation_notes
 from ._embedding import embedding_path, get_embedding
 from ._evaluate import (cell_eval_anndata, evaluate_folds, evaluate_run, h5ad_bytes, prediction_anndata,
                         summary_markdown, training_reference, write_report)
+from ._saved_evaluation import EVALUATION_VERSION, evaluation_path, saved_evaluation
 from ._fit import FIT_FILE, condition_fit, fit_report, no_change_check, read_fit
 from ._train import resolve_split, train, validation_split
 from ._ensemble import DEFAULT_MEMBERS, Ensemble, fit_ensemble
@@ -21,4 +22,4 @@ __all__ = ["LCD", "Prediction", "TrainConfig", "PRESETS", "PRESET_NAMES", "DEFAU
            "condition_fit", "no_change_check", "prediction_anndata", "cell_eval_anndata", "h5ad_bytes",
            "get_embedding", "embedding_path", "extrapolation_notes", "Ensemble", "fit_ensemble", "DEFAULT_MEMBERS",
            "shift_intervals", "interval_coverage", "Calibration", "calibration_from_fit",
-           "IntervalSources", "mean_se"]
+           "IntervalSources", "mean_se", "saved_evaluation", "evaluation_path", "EVALUATION_VERSION"]

@@ -9,9 +9,10 @@ Layout::
         model.safetensors    final weights
         model.json           everything else the model needs to be rebuilt (plain JSON)
         fit.json             the fit check: training conditions against their replicate ceiling (+ interval calibration)
-        anchors.safetensors  the anchored prediction's factors (runs with a count model)
+        anchors.safetensors  the anchored prediction's factors and gaps (runs with a count model)
         ensemble.safetensors extra stage-2 networks (`lcd ensemble`, optional) and ensemble.json, their seeds
-        cache/               CLIPR / module results and the reference embedding, keyed by what made them
+        cache/               CLIPR / module results, the reference embedding and the held-out evaluation (the
+                             Benchmark page), each keyed by what made it
         COMPLETE             written last; holds the sha256 of the weights file
 
 A run *looks complete* only when ``COMPLETE`` exists and matches the weights: a killed training leaves
