@@ -17,9 +17,11 @@ i.e. for a double the additive expectation of the measured singles plus LCD's ow
 (m̂_AB − m̂_A − m̂_B + m̂_ctrl). Everything else — the cell-to-cell distribution and how a combination departs from
 its singles — stays LCD's. (Version 6 composed the factors themselves, log ρ_T = log ρ_ctrl + Σ (log ρ_j − log ρ_ctrl).
 A factor fitted on a single's states does not move a combination's different states by the same amount in log1p
-space: on the Norman subset's held-out doubles that version's mean pearson_delta_top20 was 0.82, against 0.92 for
-the composition of gaps; docs/benchmarks.md.) A gene never perturbed alone contributes no gap. As far as the count
-model reaches: a gene detected in more cells than its dropout π_g lets through cannot be raised to its target.
+space: on the Norman subset's held-out doubles that version's mean pearson_delta_top20 was 0.82; the composed
+gaps ask for means at 0.91 and the factors fitted to them reach 0.85, docs/benchmarks.md.) A gene never perturbed
+alone contributes no gap. As far as the count model reaches: a gene detected in more cells than its dropout π_g
+lets through cannot be raised to its target, and the per-gene Newton step corrects a gene for its own share of the
+library only, so dominant genes moving together fall short.
 Only runs with a count model are anchored (the factor acts on the Poisson rate, so cells stay counts).
 """
 
