@@ -137,16 +137,26 @@ class Jobs:
         with self._lock:
             return self._jobs.get(key)
 
+    def keys(self) -> list[tuple]:
+        with self._lock:
+            return list(self._jobs)
+
     def running(self) -> list[Job]:
         with self._lock:
             return [j for j in self._jobs.values() if not j.done.is_set()]
 
 
 @st.cache_resource
+def _table(store: str) -> Jobs:
+    return Jobs(max_results=64 if store == "predictions" else 32)
+
+
 def jobs(store: str = "predictions") -> Jobs:
     """The job table: ``"predictions"`` (many small results, least recently used dropped first) or
     ``"resources"`` (reference embeddings, CLIPR, evaluations: few, expensive, kept)."""
-    return Jobs(max_results=64 if store == "predictions" else 32)
+    # always called with the name: st.cache_resource keys ``f()`` and ``f("predictions")`` apart, and two
+    # tables for one store sampled every prefetched label twice (the Home warm-up's cells were never found)
+    return _table(store)
 
 
 def run_job(key: tuple, fn: Callable[[], Any], *, label: str, wait: float = 2.0, what: str = "",

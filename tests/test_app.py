@@ -466,6 +466,24 @@ def test_train_cancel_stops_the_process_and_a_resume_finishes_the_run(app_env):
     assert stages == [{"stage1", "stage2"}, {"stage2"}], stages
 
 
+def test_perturb_waits_on_the_cells_home_queued_instead_of_sampling_them_again(app_env):
+    """Home queues Perturb's default double, control and singles in the background; the page must find those
+    jobs (the prefetch and the fetch once used two tables for one store, so every queued label was sampled
+    twice and the warm-up never shortened the first visit)."""
+    from app_ui.jobs import jobs
+
+    assert jobs() is jobs("predictions") and jobs("resources") is not jobs()
+    AppTest.from_file(APP, default_timeout=60).run()  # Home: the warm-up
+    t0 = time.monotonic()
+    while jobs().running() and time.monotonic() - t0 < 60:
+        time.sleep(0.2)
+    queued = [k for k in jobs().keys() if k[0] == "predict"]
+    assert len(queued) >= 3, queued  # the double, control and at least one single
+    open_page(PAGES[0])
+    after = [k for k in jobs().keys() if k[0] == "predict"]
+    assert sorted(after) == sorted(queued), ([k[2:] for k in queued], [k[2:] for k in after])
+
+
 def test_five_sessions_see_only_their_own_results(app_env):
     labels = app_env["doubles"][:3] + ["M1G02", "M2G01"]
     sessions = []
