@@ -175,6 +175,7 @@ def test_the_benchmark_evaluation_is_saved_in_the_run_and_keyed_by_what_made_it(
     assert newer != path
     assert saved_evaluation(model, screen, n_cells=40)[0]["mmd"].iloc[0] != 123.0 and newer.is_file()
 
-    newer.write_text('{"per_condition": [')  # torn: computed again and rewritten
-    assert saved_evaluation(model, screen, n_cells=40)[0]["mmd"].iloc[0] != 123.0
-    assert json.loads(newer.read_text())["per_condition"]
+    for bad in ['{"per_condition": [', '[]', '{"per_condition": [{"a": 1}], "half_protocol": [3]}']:  # torn or foreign: computed and rewritten
+        newer.write_text(bad)
+        assert saved_evaluation(model, screen, n_cells=40)[0]["mmd"].iloc[0] != 123.0
+        assert json.loads(newer.read_text())["per_condition"][0]["method"]

@@ -83,9 +83,12 @@ def saved_evaluation(model: LCD, screen: Screen, *, n_cells: int = 200, seed: in
     if path is not None and path.is_file():
         try:
             saved = json.loads(path.read_text())
-            return pd.DataFrame.from_records(saved["per_condition"]), list(saved["half_protocol"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # unreadable or torn: computed again and rewritten
+            per, half = pd.DataFrame.from_records(saved["per_condition"]), list(saved["half_protocol"])
+            if {"method", "condition"} <= set(per.columns) and len(per) and all(isinstance(h, dict) for h in half):
+                return per, half
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+        # unreadable, torn or not ours: computed again and rewritten
     half: list[dict] = []
     per = evaluate_run(model, screen, n_cells=n_cells, seed=seed, half_protocol=half)
     if path is not None:
