@@ -126,7 +126,7 @@ def test_home_opens_on_demo_with_model(app_env):
     # Home's warm-up queued what Perturb shows first: the default double's cells, then the baselines
     from app_ui.jobs import jobs
 
-    warm = jobs("resources").get(next(k for k in list(jobs("resources")._jobs) if k[0] == "training_reference"))
+    warm = jobs("resources").get(next(k for k in jobs("resources").keys() if k[0] == "training_reference"))
     assert warm.wait(120) and warm.error is None and "additive" in warm.result[1]
 
 
