@@ -8,7 +8,6 @@ they are built.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import sys
@@ -185,12 +184,10 @@ def default_run(screen) -> Path | None:
 
 def run_key(path: str | Path) -> tuple[str, str]:
     """Cache key of a finished run: its path and the weights hash recorded in COMPLETE."""
+    from lcd_core.model import RunDir
+
     p = Path(path)
-    try:
-        stamp = json.loads((p / "COMPLETE").read_text()).get("weights_sha256", "")
-    except (OSError, json.JSONDecodeError):
-        stamp = ""
-    return str(p.resolve()), stamp
+    return str(p.resolve()), RunDir(p).recorded_weights() or ""
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)

@@ -36,7 +36,7 @@ RUNS = {"demo_run": "demo_screen.h5ad", "norman_run": "norman2019_k562_subset.h5
 
 def main() -> None:
     from lcd_core.data import read_screen
-    from lcd_core.model import LCD, embedding_path
+    from lcd_core.model import LCD, embedding_path, heldout_conditions
     from lcd_core.model._embedding import EMBEDDING_PARAMS, load_embedding
     from lcd_core.tl import reference_cells
     from lcd_core.tl._embedding import _stratified
@@ -49,7 +49,7 @@ def main() -> None:
         t0 = time.monotonic()
         emb = load_embedding(path)
         t_load = time.monotonic() - t0
-        held = [c for c in model.info.get("heldout", []) if c in set(screen.conditions)]
+        held = heldout_conditions(model, screen)
         X300 = screen.log1p(held[0] if held else model.conditions[1])[:300]
         t0 = time.monotonic()
         emb.transform(X300)

@@ -7,7 +7,7 @@ import streamlit as st
 from app_ui import jobs, state, widgets
 from lcd_core import LCDError
 from lcd_core.metrics import SUMMARY_COLUMNS, metric_legend, summarize
-from lcd_core.model import saved_evaluation
+from lcd_core.model import heldout_conditions, saved_evaluation
 from lcd_core.pl import metric_bars
 
 PLOTTED = ["mmd", "energy", "wasserstein", "rmse", "pearson_delta", "pearson_systema", "de_auroc"]
@@ -38,7 +38,7 @@ def main() -> None:
     if not state.same_genes(model, screen):
         st.warning("The selected screen is not the one this run was trained on: choose it on Home to benchmark.")
         return
-    held = [c for c in model.info.get("heldout", []) if c in set(screen.conditions)]
+    held = heldout_conditions(model, screen)
     if not held:
         st.info(f"Run `{run}` holds nothing out of this screen, so there is nothing it has not seen to score. On the "
                 "**Train** page, keep the proposed doubles in **Held out for the benchmark** (or list your own) and "

@@ -7,8 +7,8 @@ from ._run import RunDir
 from ..clipr import get_clipr, single_gene_conditions  # re-exported: CLIPR's home is lcd_core.clipr
 from ._extrapolation import extrapolation_notes
 from ._embedding import embedding_path, get_embedding
-from ._evaluate import (cell_eval_anndata, evaluate_folds, evaluate_run, h5ad_bytes, prediction_anndata,
-                        summary_markdown, training_reference, write_report)
+from ._evaluate import (cell_eval_anndata, evaluate_folds, evaluate_run, h5ad_bytes, heldout_conditions,
+                        prediction_anndata, summary_markdown, training_reference, write_report)
 from ._saved_evaluation import EVALUATION_VERSION, evaluation_path, saved_evaluation
 from ._fit import FIT_FILE, condition_fit, fit_report, no_change_check, read_fit
 from ._train import resolve_split, train, validation_split
@@ -22,4 +22,4 @@ __all__ = ["LCD", "Prediction", "TrainConfig", "PRESETS", "PRESET_NAMES", "DEFAU
            "condition_fit", "no_change_check", "prediction_anndata", "cell_eval_anndata", "h5ad_bytes",
            "get_embedding", "embedding_path", "extrapolation_notes", "Ensemble", "fit_ensemble", "DEFAULT_MEMBERS",
            "shift_intervals", "interval_coverage", "Calibration", "calibration_from_fit",
-           "IntervalSources", "mean_se", "saved_evaluation", "evaluation_path", "EVALUATION_VERSION"]
+           "IntervalSources", "mean_se", "saved_evaluation", "evaluation_path", "EVALUATION_VERSION", "heldout_conditions"]

@@ -58,6 +58,12 @@ def training_reference(model: LCD, screen: Screen) -> tuple[dict[str, np.ndarray
     return train_cells, mean
 
 
+def heldout_conditions(model: LCD, screen: Screen) -> list[str]:
+    """The run's held-out conditions that ``screen`` measures, in the run's order."""
+    measured = set(screen.conditions)
+    return [c for c in model.info.get("heldout", []) if c in measured]
+
+
 def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = None, n_cells: int = 500,
                  seed: int = 0, sampler: str | None = None, n_evals: int | None = None,
                  progress: ProgressFn | None = None,
@@ -95,7 +101,7 @@ def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = N
     """
     check_screen_matches(model, screen)
     if conditions is None:
-        conditions = [c for c in model.info.get("heldout", []) if c in set(screen.conditions)]
+        conditions = heldout_conditions(model, screen)
     if not conditions:
         raise ConfigError("the run has no held-out conditions measured in this screen: train with "
                           "--holdout-combos A+B,... or --fold F, or pass conditions explicitly")

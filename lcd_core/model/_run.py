@@ -136,6 +136,14 @@ class RunDir:
                 continue
         return out
 
+    def recorded_weights(self) -> str | None:
+        """The weights hash ``COMPLETE`` records (``None``: no such file, or not readable as one)."""
+        try:
+            value = json.loads((self.path / COMPLETE).read_text()).get("weights_sha256")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, str) else None
+
     def mark_complete(self) -> None:
         atomic_write_json(self.path / COMPLETE, {"weights_sha256": sha256_file(self.path / WEIGHTS),
                                                  "finished": time.time()})

@@ -19,9 +19,9 @@ import pandas as pd
 
 from ..data import Screen
 from ..metrics import SCORING
-from ._evaluate import evaluate_run
+from ._evaluate import evaluate_run, heldout_conditions
 from ._lcd import LCD
-from ._run import COMPLETE, RunDir, atomic_write_bytes
+from ._run import RunDir, atomic_write_bytes
 
 #: bump when evaluate_run's rows or the calibration protocol's rows change for the same inputs
 EVALUATION_VERSION = 1
@@ -34,10 +34,6 @@ def _plain(value):
     if isinstance(value, np.floating):
         return float(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _heldout(model: LCD, screen: Screen) -> list[str]:
-    return [c for c in model.info.get("heldout", []) if c in set(screen.conditions)]
 
 
 def _anchors_digest(model: LCD) -> str | None:
@@ -57,12 +53,11 @@ def evaluation_path(model: LCD, screen: Screen, *, n_cells: int, seed: int = 0) 
     run = model.info.get("run")
     if not run:
         return None
-    try:
-        weights = json.loads((Path(run) / COMPLETE).read_text())["weights_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+    weights = RunDir(run).recorded_weights()
+    if weights is None:
         return None
     key = {"version": EVALUATION_VERSION, "weights": weights, "data_hash": screen.data_hash,
-           "conditions": _heldout(model, screen), "n_cells": int(n_cells), "seed": int(seed),
+           "conditions": heldout_conditions(model, screen), "n_cells": int(n_cells), "seed": int(seed),
            "scoring": asdict(SCORING), "sampler": model.info.get("sampler"),
            "anchors": _anchors_digest(model)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
