@@ -288,4 +288,9 @@ PAGES = [st.Page(home, title="Home", icon=":material/home:", default=True),
          st.Page("pages/5_Benchmark.py", title="Benchmark", icon=":material/leaderboard:")]
 
 
+try:
+    state.share_cores(state.settings().threads)
+except LCDError as e:
+    st.error(str(e))
+    st.stop()
 st.navigation(PAGES).run()

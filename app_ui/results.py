@@ -91,6 +91,24 @@ def prediction(run_path: str | Path, labels: tuple[str, ...], n_cells: int, seed
     return out
 
 
+def cells_later(run_path: str | Path, label: str, n_cells: int, seed: int, *, n_evals: int | None = None,
+                anchored: bool = False) -> Callable[[], np.ndarray]:
+    """A function that returns ``label``'s LCD cells, waiting for them (sampled in the background as by
+    :func:`prediction`, submitted when called if need be). Callable from any thread (a deferred download),
+    since the job table and the model are looked up here, in the script."""
+    table = jobs()
+    key, fn = _prediction_job(run_path, label, n_cells, seed, n_evals, anchored)
+
+    def get() -> np.ndarray:
+        job = table.submit(key, fn, label="sampling cells")
+        job.wait(None)
+        if job.error is not None:
+            raise job.error
+        return job.result.cells[label]
+
+    return get
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _ensemble(run: tuple[str, str], stamp: float):
     from lcd_core.model import Ensemble

@@ -36,6 +36,7 @@ class Settings:
     runs_dir: Path  # LCD_APP_RUNS: where the Train page writes runs (default runs/)
     embedding: str  # LCD_APP_EMBEDDING: "umap" (default) or "pca" (no numba compile; for quick checks)
     python: str  # interpreter that runs `lcd train` in the background
+    threads: int  # LCD_APP_THREADS: torch threads of the server (default: every core but one, see share_cores)
 
 
 def settings() -> Settings:
@@ -56,7 +57,32 @@ def settings() -> Settings:
         runs_dir=Path(os.environ.get("LCD_APP_RUNS", ROOT / "runs")),
         embedding=os.environ.get("LCD_APP_EMBEDDING", "umap"),
         python=sys.executable,
+        threads=_threads(os.environ.get("LCD_APP_THREADS")),
     )
+
+
+def _threads(value: str | None) -> int:
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise LCDError(f"LCD_APP_THREADS={value!r} is not a number of threads") from None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+def share_cores(threads: int) -> None:
+    """Give torch ``threads`` threads in this server process. The browser that draws the pages usually runs on
+    the same machine: with every core sampling cells, a new double's UMAP reached the screen later (2-core CPU,
+    40 doubles each: median 1.72 s with 2 threads, 1.61 s with 1; whole page 2.23 → 1.79 s; docs/benchmarks.md).
+    Trainings started from the app run in their own processes and keep every core."""
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)  # job threads started afterwards take it too
 
 
 # ------------------------------------------------------------------------------------------ screens

@@ -289,17 +289,17 @@ def lcd_mode(screen, run, model) -> None:
                        mime="text/csv", key="dl_shifts")
     widgets.provenance_button(widgets.provenance(screen, run, perturbation=label, n_cells=n_cells, sampler_seed=seed),
                               f"shifts_{label}.csv", key="dl_shifts_prov", where=d1)
-    gen_ctrl = pred.get(KEYS.CONTROL)
-    if gen_ctrl is None:
-        got = results.prediction(run, (KEYS.CONTROL,), n_cells, seed, n_evals=n_evals, anchored=anchored, wait=0.5)
-        gen_ctrl = None if got is None else got[KEYS.CONTROL]
-    if gen_ctrl is not None:  # the file records its run and seed in uns["lcd_prediction"]
-        data = results.memo(("h5ad", rk), lambda: h5ad_bytes(prediction_anndata(model, {label: cells}, control=gen_ctrl,
-                                                                                 seed=seed)))
-        d2.download_button("Download the predicted cells (.h5ad)", data, file_name=f"predicted_{label}.h5ad",
-                           mime="application/x-hdf5", key="dl_h5ad",
-                           help="Generated control and perturbed cells, log1p CP10k, obs['perturbation']: the "
-                                "cell-eval layout of `lcd evaluate`'s predicted.h5ad.")
+    control_cells = results.cells_later(run, KEYS.CONTROL, n_cells, seed, n_evals=n_evals, anchored=anchored)
+
+    def h5ad_file() -> bytes:
+        # written when clicked, in Streamlit's download thread: no rerun waits for LCD's control cells or
+        # writes a file nobody asked for. The file records its run and seed in uns["lcd_prediction"]
+        return h5ad_bytes(prediction_anndata(model, {label: cells}, control=control_cells(), seed=seed))
+
+    d2.download_button("Download the predicted cells (.h5ad)", h5ad_file, file_name=f"predicted_{label}.h5ad",
+                       mime="application/x-hdf5", key="dl_h5ad",
+                       help="Generated control and perturbed cells, log1p CP10k, obs['perturbation']: the "
+                            "cell-eval layout of `lcd evaluate`'s predicted.h5ad.")
 
     if has_obs:
         # behind a switch: two charts fewer for the browser at every new perturbation

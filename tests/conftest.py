@@ -16,6 +16,8 @@ import torch
 from lcd_core import KEYS
 
 torch.set_num_threads(1)
+# the app's server takes its torch threads from this (app_ui.state.share_cores): keep the test process's one
+os.environ.setdefault("LCD_APP_THREADS", "1")
 
 
 def make_tiny_counts(seed: int = 0, n_genes: int = 12, n_cells: int = 60,

@@ -19,6 +19,8 @@ import pytest
 
 from conftest import tiny_config
 
+from lcd_core import LCDError
+
 streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 AppTest = streamlit_testing.AppTest
 
@@ -95,24 +97,34 @@ def find_df(at: AppTest, column: str) -> pd.DataFrame:
 def download(at: AppTest, key: str, capture: dict) -> bytes:
     """Bytes of a download button: the payload Streamlit stored for it (captured at upload time)."""
     el = next(e for e in at.get("download_button") if e.proto.id.endswith(f"-{key}"))
-    file_id = Path(el.proto.url).stem
-    return capture[file_id]
+    if el.proto.HasField("deferred_file_id"):  # written when clicked: run its callable as the click would
+        return capture[el.proto.deferred_file_id]()
+    return capture[Path(el.proto.url).stem]
 
 
 @pytest.fixture
 def capture_media(monkeypatch):
-    """Record what download buttons hand to Streamlit's in-memory media store (file id → bytes)."""
+    """Record what download buttons hand to Streamlit's in-memory media store (file id → bytes), and the
+    functions of deferred downloads, written when clicked (file id → function)."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
     from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
-    seen: dict[str, bytes] = {}
+    seen: dict = {}
     original = MemoryMediaFileStorage.load_and_get_id
+    original_deferred = MediaFileManager.add_deferred
 
     def spy(self, path_or_data, mimetype, kind, filename=None):
         file_id = original(self, path_or_data, mimetype, kind, filename)
         seen[file_id] = path_or_data if isinstance(path_or_data, bytes) else Path(path_or_data).read_bytes()
         return file_id
 
+    def spy_deferred(self, fn, *args, **kwargs):
+        file_id = original_deferred(self, fn, *args, **kwargs)
+        seen[file_id] = fn
+        return file_id
+
     monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", spy)
+    monkeypatch.setattr(MediaFileManager, "add_deferred", spy_deferred)
     return seen
 
 
@@ -510,6 +522,38 @@ def test_no_run_pages_explain(app_env, monkeypatch, tmp_path):
         assert not at.exception, (page, [e.message for e in at.exception])
     at = open_page(PAGES[0])
     assert any("No model" in w.value or "No trained model" in w.value for w in [*at.warning, *at.sidebar.warning])
+
+
+def test_server_threads_leave_a_core_to_the_browser(app_env, monkeypatch):
+    """The server's torch threads: every core but one by default (the browser draws on this machine too),
+    LCD_APP_THREADS overrides it, a bad value is refused with the variable's name, and job threads started
+    afterwards take the setting."""
+    import threading
+
+    import torch
+
+    from app_ui import state
+
+    monkeypatch.delenv("LCD_APP_THREADS", raising=False)
+    assert state.settings().threads == max(1, len(os.sched_getaffinity(0)) - 1)
+    monkeypatch.setenv("LCD_APP_THREADS", "3")
+    assert state.settings().threads == 3
+    before = torch.get_num_threads()
+    try:
+        state.share_cores(2)
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        worker.start()
+        worker.join()
+        assert torch.get_num_threads() == 2 and seen == [2]
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setenv("LCD_APP_THREADS", "many")
+    with pytest.raises(LCDError, match="LCD_APP_THREADS='many'"):
+        state.settings()
+    at = open_page(None)
+    assert not at.exception and any("LCD_APP_THREADS='many'" in e.value for e in at.error), [e.value for e in at.error]
+    assert torch.get_num_threads() == before
 
 
 _OPEN_THEN_EXIT = """

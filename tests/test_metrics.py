@@ -23,6 +23,7 @@ from lcd_core.metrics import (
     pearson_delta,
     rbf_length_scales,
     rmse,
+    score_predictions,
     summarize,
     top_de_genes,
     wasserstein,
@@ -232,6 +233,27 @@ def test_evaluate_condition_subsamples_deterministically(rng):
     assert a.keys() == b.keys()
     np.testing.assert_array_equal(list(a.values()), list(b.values()))  # NaN == NaN here
     assert a["subsampled"] == 1.0 and a["n_pairwise_pred"] == 100.0 and a["n_obs"] == 300.0
+
+
+@pytest.mark.parametrize("n_obs", [120, 300])  # 300: the observed side is sub-sampled for MMD/energy
+def test_scoring_several_predictions_equals_scoring_each_alone(rng, n_obs):
+    """score_predictions computes the observed side (DE test, sub-sample, its own kernel sums) once: each
+    prediction's scores are those of evaluate_condition on it alone, whatever the other predictions are."""
+    ctrl, obs, effect = _toy_condition(rng, n=n_obs)
+    preds = {"near": rng.gamma(2.0, 0.5, size=(90, 40)) + effect, "none": rng.gamma(2.0, 0.5, size=(150, 40)),
+             "half": rng.gamma(2.0, 0.5, size=(60, 40)) + 0.5 * effect}
+    kw = dict(train_perturbed_mean=ctrl.mean(0) + 0.2, seed=5)
+    from lcd_core.metrics import Scoring
+
+    scoring = Scoring(max_cells=200)
+    together = score_predictions(preds, obs, ctrl, scoring=scoring, **kw)
+    assert list(together) == list(preds)
+    for name, pred in preds.items():
+        alone = evaluate_condition(pred, obs, ctrl, **scoring.kwargs_for(40), **kw)
+        assert together[name].keys() == alone.keys()
+        np.testing.assert_allclose(list(together[name].values()), list(alone.values()), rtol=1e-10, atol=1e-13)
+        assert together[name]["subsampled"] == float(n_obs > 200)
+    assert together["near"]["mmd"] < together["half"]["mmd"] < together["none"]["mmd"]
 
 
 def test_evaluate_condition_better_prediction_scores_better(rng):

@@ -11,7 +11,8 @@ from ._calibrated import (REPLICATE, calibrate, calibrated_score, calibrated_sum
 from ._de import de_recovery, top_de_genes
 from ._distribution import energy_distance, mmd, rbf_length_scales, wasserstein
 from ._evaluate import (METRIC_LOWER_IS_BETTER, METRIC_MEANINGS, SCORING, SUMMARY_COLUMNS, Scoring,
-                        evaluate_condition, lower_is_better, metric_legend, score_prediction, summarize)
+                        evaluate_condition, lower_is_better, metric_legend, score_prediction, score_predictions,
+                        summarize)
 from ._means import pearson_delta, rmse
 from ._winrate import WinRate, win_rate
 
@@ -30,6 +31,7 @@ __all__ = [
     "Scoring",
     "SCORING",
     "score_prediction",
+    "score_predictions",
     "summarize",
     "lower_is_better",
     "METRIC_LOWER_IS_BETTER",

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
-from ._evaluate import SCORING, Scoring, lower_is_better, score_prediction
+from ._evaluate import SCORING, Scoring, lower_is_better, score_predictions
 
 #: the name of the split-half replicate in a half-protocol table's ``method`` column
 REPLICATE = "replicate"
@@ -89,7 +89,7 @@ def split_half_protocol(
 
     The observed cells are split into halves A and B (:func:`split_half`, seeded by ``(seed,
     condition)``); the replicate is A, each method's prediction is sub-sampled (without replacement)
-    to ``len(A)`` cells, and everything is scored against B with :func:`score_prediction`.
+    to ``len(A)`` cells, and everything is scored against B with :func:`score_predictions`.
 
     Parameters
     ----------
@@ -102,7 +102,7 @@ def split_half_protocol(
     condition
         The condition's label (seeds its split).
     scoring
-        The settings of :func:`score_prediction` (the project's one :data:`SCORING` by default).
+        The settings of :func:`score_predictions` (the project's one :data:`SCORING` by default).
 
     Returns
     -------
@@ -115,15 +115,15 @@ def split_half_protocol(
     rng = condition_rng(seed, condition)
     a, b = split_half(len(obs), rng)
     half_b = obs[b]
-    rows = []
+    preds = {}
     for method, pred in {**predictions, REPLICATE: obs[a]}.items():
         pred = np.asarray(pred)
         if method != REPLICATE and len(pred) > len(a):
             pred = pred[np.sort(rng.choice(len(pred), len(a), replace=False))]
-        scores = score_prediction(pred, half_b, control, train_perturbed_mean=train_perturbed_mean, seed=seed,
-                                  scoring=scoring)
-        rows.append({"method": method, "condition": condition, "n_half": len(a), **scores})
-    return rows
+        preds[method] = pred
+    scores = score_predictions(preds, half_b, control, train_perturbed_mean=train_perturbed_mean, seed=seed,
+                               scoring=scoring)
+    return [{"method": method, "condition": condition, "n_half": len(a), **s} for method, s in scores.items()]
 
 
 def _metric_columns(table: pd.DataFrame) -> list[str]:

@@ -119,7 +119,21 @@ def _subsample_rows(x: np.ndarray, max_cells: int | None, rng: np.random.Generat
     return x[idx], True
 
 
-def _mmd_energy(x: np.ndarray, y: np.ndarray, *, want_mmd: bool = True, want_energy: bool = True) -> tuple[float, float]:
+def _inv_two_l2(n_genes: int, want_mmd: bool) -> torch.Tensor:
+    """``(L,)`` 1 / (2ℓ²) of the kernel mixture on ``n_genes`` genes (empty when MMD is not wanted)."""
+    inv = torch.as_tensor(1.0 / (2.0 * rbf_length_scales(n_genes) ** 2))
+    return inv if want_mmd else inv[:0]
+
+
+def _self_sums(y: np.ndarray, *, want_mmd: bool = True, want_energy: bool = True) -> tuple[float, torch.Tensor]:
+    """:func:`_pairwise_sums` of a set ``(m, d)`` against itself, centred on its own mean: the observed side of
+    :func:`_mmd_energy`, computed once when several predictions are scored against one set."""
+    yt = _as_tensor(y - y.mean(0))
+    return _pairwise_sums(yt, yt, _inv_two_l2(y.shape[1], want_mmd), same=True, with_dist=want_energy)
+
+
+def _mmd_energy(x: np.ndarray, y: np.ndarray, *, want_mmd: bool = True, want_energy: bool = True,
+                y_self: tuple[float, torch.Tensor] | None = None) -> tuple[float, float]:
     """Unbiased MMD² (RBF mixture) and V-statistic energy distance, sharing one pass over distances.
 
     Parameters
@@ -128,21 +142,21 @@ def _mmd_energy(x: np.ndarray, y: np.ndarray, *, want_mmd: bool = True, want_ene
         ``(n, d)`` and ``(m, d)`` cells, n, m ≥ 2.
     want_mmd, want_energy
         Skip the kernel (or distance) sums of a value not wanted; it is returned as NaN.
+    y_self
+        ``y``'s sums against itself from :func:`_self_sums` with the same ``want_*`` (computed here if absent).
 
     Returns
     -------
     ``(mmd2, energy)``: MMD² (dimensionless) and energy distance (log1p-CP10k units).
     """
     n, m = x.shape[0], y.shape[0]
+    inv_two_l2 = _inv_two_l2(x.shape[1], want_mmd)
+    kw = {"with_dist": want_energy}
     # distances are translation-invariant: centre on the pooled mean to keep the Gram trick precise
     centre = (x.sum(0) + y.sum(0)) / (n + m)
     xt, yt = _as_tensor(x - centre), _as_tensor(y - centre)
-    inv_two_l2 = torch.as_tensor(1.0 / (2.0 * rbf_length_scales(x.shape[1]) ** 2))
-    if not want_mmd:
-        inv_two_l2 = inv_two_l2[:0]
-    kw = {"with_dist": want_energy}
     dxx, kxx = _pairwise_sums(xt, xt, inv_two_l2, same=True, **kw)
-    dyy, kyy = _pairwise_sums(yt, yt, inv_two_l2, same=True, **kw)
+    dyy, kyy = y_self if y_self is not None else _self_sums(y, want_mmd=want_mmd, want_energy=want_energy)
     dxy, kxy = _pairwise_sums(xt, yt, inv_two_l2, same=False, **kw)
     # unbiased MMD² (Gretton et al. 2012, eq. 3): drop the k(x, x) = 1 diagonal terms
     mmd2_per_scale = (kxx - n) / (n * (n - 1)) + (kyy - m) / (m * (m - 1)) - 2.0 * kxy / (n * m)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +12,7 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ._de import _de_recovery, _rank_de
-from ._distribution import _mmd_energy, _subsample_rows, _wasserstein_per_gene
+from ._distribution import _mmd_energy, _self_sums, _subsample_rows, _wasserstein_per_gene
 from ._means import _pearson, _rmse
 from ._winrate import _win_rate
 
@@ -110,9 +111,11 @@ def _set_metrics(
     obs_pair: np.ndarray,
     ctrl_mean: np.ndarray,
     train_mean: np.ndarray,
+    obs_self: tuple,
 ) -> dict[str, float]:
-    """The six set/mean metrics on one gene subset (all arrays already restricted to it)."""
-    mmd2, energy = _mmd_energy(pred_pair, obs_pair)
+    """The six set/mean metrics on one gene subset (all arrays already restricted to it; ``obs_self``:
+    ``obs_pair``'s own pairwise sums)."""
+    mmd2, energy = _mmd_energy(pred_pair, obs_pair, y_self=obs_self)
     mp, mo = pred.mean(0), obs.mean(0)
     return {
         "mmd": mmd2,
@@ -122,6 +125,71 @@ def _set_metrics(
         "pearson_delta": _pearson(mp - ctrl_mean, mo - ctrl_mean),
         "pearson_systema": _pearson(mp - train_mean, mo - train_mean),
     }
+
+
+@dataclass(frozen=True)
+class _Observed:
+    """The observed side of one condition's scores, computed once however many predictions are scored
+    against it: the cells, the sub-sample MMD and energy use and its own pairwise sums (on all genes and on
+    the top DE genes), and the DE ranking against control (the one Wilcoxon test per gene)."""
+
+    obs: np.ndarray  # (n', d) float64
+    pair: np.ndarray  # the cells of obs that MMD/energy use
+    subsampled: bool
+    ctrl_mean: np.ndarray  # (d,)
+    train_mean: np.ndarray  # (d,)
+    top: np.ndarray  # the de_top most DE genes, sorted indices
+    de_true: np.ndarray  # the de_recovery_top most DE genes
+    self_sums: tuple  # pair's pairwise sums on all genes, and on `top`
+    n_control: int
+    de_top: int
+    max_cells: int | None
+    seed: int
+
+
+def _observed(obs: np.ndarray, control: np.ndarray, train_perturbed_mean: np.ndarray, *, de_top: int,
+              de_recovery_top: int, max_cells: int | None, seed: int) -> _Observed:
+    obs = _check_cells("obs", obs, None, 2)
+    d = obs.shape[1]
+    control = _check_cells("control", control, d, 1)
+    train_mean = np.asarray(train_perturbed_mean, dtype=np.float64)
+    if train_mean.shape != (d,):
+        raise ConfigError(f"`train_perturbed_mean` must have shape ({d},); got {train_mean.shape}.")
+    if de_top < 1 or de_recovery_top < 1:
+        raise ConfigError(f"de_top and de_recovery_top must be positive; got {de_top}, {de_recovery_top}.")
+    if max_cells is not None and max_cells < 2:
+        raise ConfigError(f"max_cells must be at least 2 or None; got {max_cells}.")
+    # each side is sub-sampled with its own generator seeded by `seed`, so one sub-sample of the observed
+    # cells serves every prediction
+    pair, subsampled = _subsample_rows(obs, max_cells, np.random.default_rng(seed))
+    order, _, _ = _rank_de(obs, control)
+    top = np.sort(order[:de_top])
+    return _Observed(obs, pair, subsampled, control.mean(0), train_mean, top, order[:de_recovery_top],
+                     (_self_sums(pair), _self_sums(pair[:, top])), control.shape[0], de_top, max_cells, seed)
+
+
+def _score(pred: np.ndarray, ref: _Observed) -> dict[str, float]:
+    """:func:`evaluate_condition`'s metrics of ``pred`` against the observed side ``ref``."""
+    pred = _check_cells("pred", pred, ref.obs.shape[1], 2)
+    pred_pair, sub_p = _subsample_rows(pred, ref.max_cells, np.random.default_rng(ref.seed))
+    if sub_p or ref.subsampled:
+        logger.info("MMD/energy on %d predicted and %d observed cells (max_cells=%d, seed=%d).",
+                    pred_pair.shape[0], ref.pair.shape[0], ref.max_cells, ref.seed)
+    top = ref.top
+    out = _set_metrics(pred, ref.obs, pred_pair, ref.pair, ref.ctrl_mean, ref.train_mean, ref.self_sums[0])
+    top_metrics = _set_metrics(pred[:, top], ref.obs[:, top], pred_pair[:, top], ref.pair[:, top],
+                               ref.ctrl_mean[top], ref.train_mean[top], ref.self_sums[1])
+    out.update({f"{k}_top{ref.de_top}": v for k, v in top_metrics.items()})
+    out["de_auroc"], out["de_ap"] = _de_recovery(ref.de_true, pred.mean(0) - ref.ctrl_mean)
+    out.update(
+        n_pred=float(pred.shape[0]),
+        n_obs=float(ref.obs.shape[0]),
+        n_control=float(ref.n_control),
+        n_pairwise_pred=float(pred_pair.shape[0]),
+        n_pairwise_obs=float(ref.pair.shape[0]),
+        subsampled=float(sub_p or ref.subsampled),
+    )
+    return out
 
 
 def evaluate_condition(
@@ -155,7 +223,7 @@ def evaluate_condition(
         MMD and energy cost O(n²): ``pred`` and ``obs`` are sub-sampled to at most this many cells for
         them (None: never). Means, Wasserstein and DE use all cells.
     seed
-        Seed of that sub-sampling.
+        Seed of that sub-sampling (each side its own generator seeded by it).
 
     Returns
     -------
@@ -172,44 +240,9 @@ def evaluate_condition(
     Pearson values are NaN when a mean shift is constant across genes (e.g. a prediction identical
     to the control mean).
     """
-    obs = _check_cells("obs", obs, None, 2)
-    d = obs.shape[1]
-    pred = _check_cells("pred", pred, d, 2)
-    control = _check_cells("control", control, d, 1)
-    train_mean = np.asarray(train_perturbed_mean, dtype=np.float64)
-    if train_mean.shape != (d,):
-        raise ConfigError(f"`train_perturbed_mean` must have shape ({d},); got {train_mean.shape}.")
-    if de_top < 1 or de_recovery_top < 1:
-        raise ConfigError(f"de_top and de_recovery_top must be positive; got {de_top}, {de_recovery_top}.")
-    if max_cells is not None and max_cells < 2:
-        raise ConfigError(f"max_cells must be at least 2 or None; got {max_cells}.")
-
-    rng = np.random.default_rng(seed)
-    pred_pair, sub_p = _subsample_rows(pred, max_cells, rng)
-    obs_pair, sub_o = _subsample_rows(obs, max_cells, rng)
-    if sub_p or sub_o:
-        logger.info("MMD/energy on %d predicted and %d observed cells (max_cells=%d, seed=%d).",
-                    pred_pair.shape[0], obs_pair.shape[0], max_cells, seed)
-
-    ctrl_mean = control.mean(0)
-    order, _, _ = _rank_de(obs, control)
-    top = np.sort(order[:de_top])
-
-    out = _set_metrics(pred, obs, pred_pair, obs_pair, ctrl_mean, train_mean)
-    top_metrics = _set_metrics(
-        pred[:, top], obs[:, top], pred_pair[:, top], obs_pair[:, top], ctrl_mean[top], train_mean[top]
-    )
-    out.update({f"{k}_top{de_top}": v for k, v in top_metrics.items()})
-    out["de_auroc"], out["de_ap"] = _de_recovery(order[:de_recovery_top], pred.mean(0) - ctrl_mean)
-    out.update(
-        n_pred=float(pred.shape[0]),
-        n_obs=float(obs.shape[0]),
-        n_control=float(control.shape[0]),
-        n_pairwise_pred=float(pred_pair.shape[0]),
-        n_pairwise_obs=float(obs_pair.shape[0]),
-        subsampled=float(sub_p or sub_o),
-    )
-    return out
+    ref = _observed(obs, control, train_perturbed_mean, de_top=de_top, de_recovery_top=de_recovery_top,
+                    max_cells=max_cells, seed=seed)
+    return _score(pred, ref)
 
 
 @dataclass(frozen=True)
@@ -233,14 +266,24 @@ class Scoring:
 SCORING = Scoring()
 
 
+def score_predictions(predictions: Mapping[str, np.ndarray], obs: np.ndarray, control: np.ndarray, *,
+                      train_perturbed_mean: np.ndarray, seed: int = 0,
+                      scoring: Scoring = SCORING) -> dict[str, dict[str, float]]:
+    """:func:`score_prediction` of several predictions of one condition (name → ``(n, d)`` cells), each
+    scored exactly as alone; the observed side (its DE test against control, its own MMD/energy sums) is
+    computed once for all of them."""
+    ref = _observed(obs, control, train_perturbed_mean, seed=seed, **scoring.kwargs_for(np.shape(obs)[1]))
+    return {name: _score(pred, ref) for name, pred in predictions.items()}
+
+
 def score_prediction(pred: np.ndarray, obs: np.ndarray, control: np.ndarray, *, train_perturbed_mean: np.ndarray,
                      seed: int = 0, scoring: Scoring = SCORING) -> dict[str, float]:
     """:func:`evaluate_condition` with the project's one set of settings (:data:`SCORING`).
 
     Arrays as :func:`evaluate_condition` (log1p CP10k, ``(n, d)``; ``train_perturbed_mean`` ``(d,)``).
     """
-    return evaluate_condition(pred, obs, control, train_perturbed_mean=train_perturbed_mean, seed=seed,
-                              **scoring.kwargs_for(np.shape(obs)[1]))
+    return score_predictions({"pred": pred}, obs, control, train_perturbed_mean=train_perturbed_mean, seed=seed,
+                             scoring=scoring)["pred"]
 
 
 def summarize(

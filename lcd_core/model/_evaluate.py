@@ -16,7 +16,7 @@ from .._constants import KEYS
 from ..baselines import make_baselines
 from ..data import Screen
 from ..errors import ConfigError
-from ..metrics import calibrate, calibrated_summary, score_prediction, split_half_protocol, summarize
+from ..metrics import calibrate, calibrated_summary, score_predictions, split_half_protocol, summarize
 from ..train import Progress, ProgressFn
 from ._anchor import fit_anchors
 from ._lcd import LCD
@@ -97,7 +97,7 @@ def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = N
     Returns
     -------
     Long table, one row per (method, condition): ``method``, ``condition``, ``n_obs`` and the metrics of
-    :func:`lcd_core.metrics.score_prediction` (log1p CP10k; the app's Perturb page scores the same way).
+    :func:`lcd_core.metrics.score_predictions` (log1p CP10k; the app's Perturb page scores the same way).
     """
     check_screen_matches(model, screen)
     if conditions is None:
@@ -125,9 +125,8 @@ def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = N
         if keep_predictions is not None:
             for method, pred in preds.items():
                 keep_predictions.setdefault(method, {})[cond] = pred
-        for method, pred in preds.items():
-            scores = score_prediction(pred, obs, control, train_perturbed_mean=train_perturbed_mean, seed=seed)
-            rows.append({"method": method, "condition": cond, "n_obs": len(obs), **scores})
+        scores = score_predictions(preds, obs, control, train_perturbed_mean=train_perturbed_mean, seed=seed)
+        rows += [{"method": method, "condition": cond, "n_obs": len(obs), **s} for method, s in scores.items()]
         if half_protocol is not None:
             half_protocol += split_half_protocol(preds, obs, control, train_perturbed_mean=train_perturbed_mean,
                                                  condition=cond, seed=seed)

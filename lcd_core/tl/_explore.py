@@ -82,14 +82,11 @@ def compare_methods(
     seed: int = 0,
 ) -> pd.DataFrame:
     """Every metric of METHOD §7 for one condition, one row per method (``predictions``: name → cells),
-    scored as :func:`lcd_core.model.evaluate_run` scores it (:func:`lcd_core.metrics.score_prediction`)."""
-    from ..metrics import score_prediction
+    scored as :func:`lcd_core.model.evaluate_run` scores it (:func:`lcd_core.metrics.score_predictions`)."""
+    from ..metrics import score_predictions
 
-    rows = []
-    for name, cells in predictions.items():
-        m = score_prediction(cells, observed, control, train_perturbed_mean=train_perturbed_mean, seed=seed)
-        rows.append({"method": name, "condition": condition, **m})
-    return pd.DataFrame(rows)
+    scores = score_predictions(predictions, observed, control, train_perturbed_mean=train_perturbed_mean, seed=seed)
+    return pd.DataFrame([{"method": name, "condition": condition, **m} for name, m in scores.items()])
 
 
 def baseline_predictions(baselines: Mapping, condition: str, n_cells: int, *, seed: int = 0) -> dict[str, np.ndarray]:
