@@ -8,7 +8,7 @@ import pytest
 from lcd_core import ConfigError, RunError
 from lcd_core.data import read_screen
 from lcd_core.model import LCD, train
-from lcd_core.model._anchor import ANCHORS_FILE, Anchors
+from lcd_core.model._anchor import ANCHORS_FILE, Anchors, _fit_log_scale
 from tests.conftest import make_tiny_counts, tiny_config
 
 
@@ -84,6 +84,32 @@ def test_a_combination_is_lcds_own_mean_plus_the_composed_gaps(trained):
     diff = anchored - wanted
     err = np.abs(diff - diff.mean())  # centred, as for the singles above
     assert np.median(err) < 0.05 and err.max() < 0.15, err.round(2)
+
+
+def test_a_target_no_library_holds_keeps_its_pattern_with_the_coupled_step():
+    """A composed target can ask for more than a cell's library holds (every gene up by up to 1.5 log units,
+    two of them dominant). The per-gene step, which lets each gene move the normaliser alone, then inverts
+    the asked pattern; the coupled step (the combination's fit) spreads the shortfall and keeps it."""
+    import torch
+
+    from lcd_core.pp import normalize_log1p
+
+    rng = np.random.default_rng(0)
+    n, d = 400, 12
+    rate = torch.as_tensor(np.tile([60.0, 40.0] + [3.0] * (d - 2), (n, 1)) * rng.gamma(20, 1 / 20, (n, 1)))
+    keep = torch.ones(n, d, dtype=torch.bool)
+
+    def mean_of(log_scale):
+        scaled = rate * torch.as_tensor(np.exp(log_scale))
+        return normalize_log1p(torch.poisson(scaled, generator=torch.Generator().manual_seed(1)).double().numpy()).mean(0)
+
+    own = mean_of(np.zeros(d))
+    asked = np.r_[[1.5, 1.5], np.linspace(0.2, 1.5, d - 2)]
+    corr = {}
+    for coupled in (False, True):
+        fitted = _fit_log_scale(rate, keep, own + asked, np.zeros(d), iters=5, seed=0, coupled=coupled)
+        corr[coupled] = np.corrcoef(mean_of(fitted) - own, asked)[0, 1]
+    assert corr[True] > 0.5 and corr[False] < 0.0, corr
 
 
 def test_anchored_without_anchors_is_refused(trained):

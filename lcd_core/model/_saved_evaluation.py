@@ -24,7 +24,7 @@ from ._lcd import LCD
 from ._run import RunDir, atomic_write_bytes
 
 #: bump when evaluate_run's rows or the calibration protocol's rows change for the same inputs
-EVALUATION_VERSION = 1
+EVALUATION_VERSION = 2  # 2: a combination's anchored fit takes the coupled Newton step
 
 
 def _plain(value):
