@@ -41,6 +41,13 @@ class Job:
     def wait(self, timeout: float | None) -> bool:
         return self.done.wait(timeout)
 
+    def get(self) -> Any:
+        """The result, waiting for it as long as it takes (the job's error raised here instead)."""
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
 
 class _Shutdown(BaseException):
     """Raised inside a job's thread when the interpreter exits (a BaseException, so that no ``except

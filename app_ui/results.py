@@ -100,11 +100,7 @@ def cells_later(run_path: str | Path, label: str, n_cells: int, seed: int, *, n_
     key, fn = _prediction_job(run_path, label, n_cells, seed, n_evals, anchored)
 
     def get() -> np.ndarray:
-        job = table.submit(key, fn, label="sampling cells")
-        job.wait(None)
-        if job.error is not None:
-            raise job.error
-        return job.result.cells[label]
+        return table.submit(key, fn, label="sampling cells").get().cells[label]
 
     return get
 
@@ -185,11 +181,7 @@ def _reference_job(run_path: str | Path, screen) -> tuple:
 
 
 def _training_reference(run_path: str | Path, screen) -> tuple[np.ndarray, dict]:
-    job = jobs("resources").submit(*_reference_job(run_path, screen), label="baselines")
-    job.wait(None)
-    if job.error is not None:
-        raise job.error
-    return job.result
+    return jobs("resources").submit(*_reference_job(run_path, screen), label="baselines").get()
 
 
 def baselines(run_path: str | Path, screen) -> dict:

@@ -341,9 +341,9 @@ def interaction_block(screen, run, model, label: str, pred: dict, obs, fitc: dic
     the columns mean. The class is not shown as a verdict when the model does not reproduce the double."""
     a, b = targets_of(label)
     st.subheader("Genetic interaction")
-    # not waited for: the browser draws the UMAP above only once this script ends, and waiting here for the
-    # singles' cells held it back (new double → UMAP, median per double 2.27 → 1.97 s; docs/benchmarks.md);
-    # the page reruns by itself when they arrive
+    # not waited for: while this script runs, the browser draws the UMAP above later (it shares the cores), and
+    # waiting here for the singles' cells held it back (new double → UMAP, median per double 2.27 → 1.97 s;
+    # docs/benchmarks.md); the page reruns by itself when they arrive
     more = results.prediction(run, (KEYS.CONTROL, a, b), n_cells, seed, n_evals=n_evals, anchored=anchored, wait=0.0)
     if more is None:
         return
