@@ -362,6 +362,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
         adata.layers["counts"] = counts
         adata.obs["lcd_size_factor"] = size_factors
         space = f"the training file's own space, {record['formula']}"
+        if args.anchored:
+            # the factors match each gene's normalised mean, which hardly depends on a uniform scale of all
+            # rates: the counts' depth is not the measured one (docs/benchmarks.md, "the anchored counts' depth")
+            adata.uns["lcd_prediction"]["counts_note"] = (
+                "anchored: layers['counts'] reproduce normalised expression, not sequencing depth (their library "
+                "sizes can be many times the measured ones); use .X")
     adata.uns["lcd_prediction"]["space"] = space
     if args.intervals:
         _write_intervals(adata, args.run, pred, args)

@@ -267,6 +267,12 @@ def test_train_on_recovered_counts_predicts_in_the_files_space(tiny_normalised, 
     assert 19 < ratio.min() and ratio.max() < 41
     file_x = _dense(ad.read_h5ad(path).X)
     assert abs(np.median(x[x > 0]) - np.median(file_x[file_x > 0])) < 0.5
+    assert "counts_note" not in p.uns["lcd_prediction"]
+    lcd("predict", run, "--perturb", "G00+G01", "--cells", "300", "--anchored", "--out", tmp_path / "a.h5ad")
+    anchored = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert "not sequencing depth" in anchored.uns["lcd_prediction"]["counts_note"]
+    y, sf = _dense(anchored.layers["counts"]), anchored.obs["lcd_size_factor"].to_numpy()
+    np.testing.assert_allclose(_dense(anchored.X), np.log1p(y / sf[:, None]), rtol=1e-5, atol=1e-6)
     ours = lcd("predict", run, "--perturb", "G00+G01", "--cells", "300", "--our-space", "--out", tmp_path / "o.h5ad")
     assert "log1p CP10k over the run's genes" in ours
     np.testing.assert_allclose(np.expm1(_dense(ad.read_h5ad(tmp_path / "o.h5ad").X)).sum(1), 1e4, rtol=1e-3)
