@@ -343,7 +343,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         labels = ["ctrl", *labels]
     with _backend(args) as backend:
         pred = backend.predict(args.run, labels, args.cells, sampler=args.sampler, n_evals=args.n_evals,
-                               seed=args.seed, device=args.device, anchored=args.anchored)
+                               seed=args.seed, device=args.device, anchored=args.anchored, guidance=args.guidance)
     for label, sentence in pred.extrapolation.items():
         print(f"lcd predict: extrapolation: {label}: {sentence}", file=sys.stderr)
     out = Path(args.out)
@@ -504,10 +504,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if args.backend != "local":
             raise ConfigError("--backend ray applies to 'lcd evaluate --folds'; a single run is scored locally")
         model = LCD.load(args.run, device=args.device)
+        if args.guidance is not None:  # every LCD column of the report at this weight (anchors refitted to it)
+            model.info["guidance"] = args.guidance
         kept: dict = {}
         per_condition = evaluate_run(model, screen, n_cells=args.cells, seed=args.seed, keep_predictions=kept,
                                      half_protocol=half)
-        prov = _provenance(model, cells_per_condition=args.cells, sampler=model.info.get("sampler"))
+        prov = _provenance(model, cells_per_condition=args.cells, sampler=model.info.get("sampler"),
+                           guidance=model.guidance)
     out = write_report(per_condition, args.out, provenance=prov, half_rows=half)
     if not args.folds:
         cell_eval_files(model, screen, kept["lcd"], out, seed=args.seed)
@@ -628,6 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anchored", action="store_true",
                    help="[ours] anchored prediction: each gene's mean set by the measured singles, the distribution "
                         "and the interaction LCD's (runs with a count model)")
+    p.add_argument("--guidance", type=float, metavar="W",
+                   help="[ours] push each perturbation's score away from the control's by this weight (README, "
+                        "'Guidance'; 1: the learned score as it is); default: the run's")
     p.add_argument("--device", default="auto")
     p.add_argument("--our-space", action="store_true",
                    help="for a run on counts recovered from a normalised file: write log1p CP10k over the run's "
@@ -686,6 +692,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells", type=int, default=500, help="cells generated per condition")
     p.add_argument("--folds", action="store_true", help="run the paper's k-fold protocol end to end")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, metavar="W",
+                   help="[ours] push each perturbation's score away from the control's by this weight (README, "
+                        "'Guidance'; 1: the learned score as it is); default: the run's")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="report folder")
     _add_screen_keys(p)

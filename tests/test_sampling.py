@@ -183,3 +183,44 @@ def test_registry_and_errors(screen, sde):
     assert SAMPLERS["pc"] is pc_sampler
     with pytest.raises(ValueError, match="Unknown sampler"):
         sample("nope", screen.score, sde, PERT, 2, generator=torch.Generator(), dim=D)
+
+
+@pytest.mark.parametrize("weight", [0.5, 1.5])
+def test_guidance_scales_the_shift_from_control_and_keeps_the_covariance(screen, sde, weight):
+    # N(μ0 + w·Δ, Σ) is what s₀ + w (s_T − s₀) samples when control and condition share Σ (sampling.guided)
+    # 64 network evaluations: 32 guided sampler evaluations, the unguided default's grid
+    xs = sample("fast", screen.score, sde, PERT, 1000, generator=torch.Generator().manual_seed(3), dim=D,
+                guidance=weight, n_evals=64)
+    want = screen.mu0 + weight * (screen.mean(PERT)[0] - screen.mu0)
+    assert (xs.mean(0) - want).norm().item() < 0.2
+    assert (torch.cov(xs.T) - screen.cov).norm().item() / screen.cov.norm().item() < 0.15
+    plain = sample("fast", screen.score, sde, PERT, 1000, generator=torch.Generator().manual_seed(3), dim=D)
+    assert (plain.mean(0) - want).norm().item() > 1.0  # the test sees the weight: Δ is ~6 units per gene
+    # weight 1 is the plain score, draw for draw
+    one = sample("fast", screen.score, sde, PERT, 5, generator=torch.Generator().manual_seed(3), dim=D, guidance=1.0)
+    torch.testing.assert_close(one, sample("fast", screen.score, sde, PERT, 5, generator=torch.Generator().manual_seed(3),
+                                           dim=D))
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="guidance must be a positive number"):
+            sample("fast", screen.score, sde, PERT, 2, generator=torch.Generator(), dim=D, guidance=bad)
+
+
+@pytest.mark.parametrize("name,budget", [("fast", None), ("fast", 20), ("pc", 32), ("reference", 120)])
+def test_a_guided_budget_costs_the_same_network_evaluations(screen, sde, name, budget):
+    calls = []
+
+    def counted(x, sigma, pert):
+        calls.append(len(x))
+        return screen.score(x, sigma, pert)
+
+    kw = {} if budget is None else {"n_evals": budget}
+    for weight in (1.0, 1.3):
+        calls.clear()
+        sample(name, counted, sde, PERT, 10, generator=torch.Generator().manual_seed(0), dim=D, guidance=weight, **kw)
+        if weight == 1.0:
+            plain = len(calls)
+    assert abs(len(calls) - plain) <= 2, (len(calls), plain)  # an odd budget rounds down (reference: whole steps per level)
+    calls.clear()  # the control: guidance is the identity, nothing halved
+    sample(name, counted, sde, torch.zeros_like(PERT), 10, generator=torch.Generator().manual_seed(0), dim=D,
+           guidance=1.3, **kw)
+    assert len(calls) == plain

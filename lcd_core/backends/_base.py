@@ -153,9 +153,9 @@ class Backend(ABC):
     @abstractmethod
     def predict(self, run: str | os.PathLike, perturbations: Sequence[str], n_cells: int = 500, *,
                 sampler: str | None = None, n_evals: int | None = None, seed: int = 0, device: str = "auto",
-                anchored: bool = False):
+                anchored: bool = False, guidance: float | None = None):
         """Generated cells of each perturbation: a :class:`lcd_core.model.Prediction` (as ``LCD.predict``;
-        ``anchored``: the run's anchored prediction)."""
+        ``anchored``: the run's anchored prediction; ``guidance``: None, the run's weight)."""
 
     @abstractmethod
     def clipr(self, run: str | os.PathLike, options: CliprOptions | None = None, *, device: str = "auto",

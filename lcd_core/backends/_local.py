@@ -40,13 +40,15 @@ def train_run(screen_path: str | os.PathLike, out: str | os.PathLike, *, config:
 
 
 def predict_run(run: str | os.PathLike, labels: Sequence[str], n_cells: int, *, sampler: str | None = None,
-                n_evals: int | None = None, seed: int = 0, device: str = "auto", anchored: bool = False):
+                n_evals: int | None = None, seed: int = 0, device: str = "auto", anchored: bool = False,
+                guidance: float | None = None):
     """``LCD.load(run).predict(labels, ...)``. Cells of a label depend only on (seed, label), so a
     prediction split across workers equals the one made in one piece (on the same kind of device)."""
     from ..model import LCD
 
     model = LCD.load(run, device=device)
-    return model.predict(list(labels), n_cells=n_cells, sampler=sampler, n_evals=n_evals, seed=seed, anchored=anchored)
+    return model.predict(list(labels), n_cells=n_cells, sampler=sampler, n_evals=n_evals, seed=seed, anchored=anchored,
+                         guidance=guidance)
 
 
 def merge_predictions(parts: list):
@@ -145,9 +147,9 @@ class LocalBackend(Backend):
         return job
 
     def predict(self, run, perturbations, n_cells=500, *, sampler=None, n_evals=None, seed=0, device="auto",
-                anchored=False):
+                anchored=False, guidance=None):
         return predict_run(run, perturbations, n_cells, sampler=sampler, n_evals=n_evals, seed=seed, device=device,
-                           anchored=anchored)
+                           anchored=anchored, guidance=guidance)
 
     def clipr(self, run, options=None, *, device="auto", **overrides):
         return clipr_run(run, options, device=device, **overrides)

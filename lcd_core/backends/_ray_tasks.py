@@ -105,12 +105,12 @@ def _stage1_hook(spec: dict) -> dict:
         fit_stage1_sharded, n_shards=shards, local_shard=True, shard_options=spec["task_options"])}}
 
 
-def _predict_task(version, run_blob, run_path, labels, n_cells, sampler, n_evals, seed, device, anchored):
+def _predict_task(version, run_blob, run_path, labels, n_cells, sampler, n_evals, seed, device, anchored, guidance):
     _check_version(version)
     _worker_setup()
     return _with_run(run_blob, run_path, lambda run: predict_run(run, labels, n_cells, sampler=sampler,
                                                                   n_evals=n_evals, seed=seed, device=device,
-                                                                  anchored=anchored))
+                                                                  anchored=anchored, guidance=guidance))
 
 
 def _clipr_task(version, run_blob, run_path, variant, lam, seed, device, kwargs):

@@ -223,7 +223,7 @@ class RayBackend(Backend):
         return ray.put(_tar(Path(run), files)), None
 
     def predict(self, run, perturbations, n_cells=500, *, sampler=None, n_evals=None, seed=0, device="auto",
-                anchored=False):
+                anchored=False, guidance=None):
         import numpy as np
         import ray
 
@@ -235,7 +235,7 @@ class RayBackend(Backend):
         n = min(len(labels), self._slots(options))
         chunks = [list(c) for c in np.array_split(np.array(labels, dtype=object), n) if len(c)]
         fn = _remote()["predict"].options(**options)
-        refs = [fn.remote(__version__, blob, path, c, n_cells, sampler, n_evals, seed, worker_device, anchored)
+        refs = [fn.remote(__version__, blob, path, c, n_cells, sampler, n_evals, seed, worker_device, anchored, guidance)
                 for c in chunks]
         pred = merge_predictions(self._get(refs))
         pred.params["run"] = str(run)
@@ -243,6 +243,7 @@ class RayBackend(Backend):
 
     def clipr(self, run, options=None, *, device="auto", **overrides):
         from ..clipr import clipr_options
+        from ..clipr._readout import GUIDANCE
 
         screen = overrides.pop("screen", None)  # source="data": the measured cells, read here
         opts = clipr_options(options, **overrides)  # resolved and checked here, not after shipping the weights
@@ -250,7 +251,8 @@ class RayBackend(Backend):
             # the cost is generating cells of every condition: spread them over the workers (self.predict),
             # then the Lyapunov + on-target solve here (seconds at d = 1000)
             return clipr_run(run, opts, device="cpu", screen=screen,
-                             predict=lambda labels, n, seed: self.predict(run, labels, n, seed=seed, device=device))
+                             predict=lambda labels, n, seed: self.predict(run, labels, n, seed=seed, device=device,
+                                                                           guidance=GUIDANCE))
         task_options, worker_device = self._task_options(device)
         blob, path = self._run_ref(run)
         # _clipr_task takes (variant, lam, seed, kwargs): the options as plain values, the same on the worker

@@ -37,6 +37,9 @@ if TYPE_CHECKING:  # lcd_core.model imports this package: no import of it at mod
 #: (``lcd clipr assets/demo_run --variant paper|directed --out …``). History: 1 = the first keyed version
 #: (denoiser fixed points, directed CG to 1e-4 warm-started from −Σ⁻¹/2).
 ALGORITHM_VERSION = 1
+#: the guidance of the cells CLIPR reads: 1, the learned drift as it is (guidance shapes predictions, README
+#: "Guidance"; the drift's fixed points, the other source, have none), so a run's effects do not depend on it
+GUIDANCE = 1.0
 
 
 
@@ -126,7 +129,7 @@ def solver_args(opts: CliprOptions) -> dict:
 
 def _directed(model: LCD, labels, target_index, opts: CliprOptions, predict, screen) -> CliprResult:
     solver = solver_args(opts)
-    predict = predict or (lambda lab, n, seed: model.predict(lab, n, seed=seed))
+    predict = predict or (lambda lab, n, seed: model.predict(lab, n, seed=seed, guidance=GUIDANCE))
     if opts.source == "fixed_points":
         return _fixed_points_directed(model, labels, target_index, opts, predict, solver)
     return clipr_directed_from_data(directed_cells(model, labels, opts, predict, screen), target_index, **solver)
@@ -136,7 +139,7 @@ def directed_cells(model: LCD, labels, opts: CliprOptions, predict=None, screen=
     """The per-condition latent states directed CLIPR reads for ``source="cells"`` (generated, the read-out's
     seed: the same cells as :func:`get_clipr`) or ``"data"`` (measured): one ``(n_q, d)`` float64 array per
     label, control first. What the bootstrap and the shuffled-label null resample (:mod:`._confidence`)."""
-    predict = predict or (lambda lab, n, seed: model.predict(lab, n, seed=seed))
+    predict = predict or (lambda lab, n, seed: model.predict(lab, n, seed=seed, guidance=GUIDANCE))
     if opts.source == "data":
         if screen is None:
             raise ConfigError("source='data' needs the training screen (get_clipr(..., screen=...), lcd clipr --data)")

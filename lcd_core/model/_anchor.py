@@ -70,6 +70,11 @@ class Anchors:
     gap: np.ndarray
     settings: dict
 
+    @property
+    def guidance(self) -> float:
+        """The sampler guidance of the generated cells the factors were fitted on (1 before it existed)."""
+        return float(self.settings.get("guidance", 1.0))
+
     def _composed(self, values: np.ndarray, label: str) -> np.ndarray:
         """The control's row of ``values`` plus each trained single's difference from it."""
         index = {lbl: i for i, lbl in enumerate(self.labels)}
@@ -215,4 +220,6 @@ def fit_anchors(model, observed: dict[str, np.ndarray], *, n_cells: int = 1000, 
         gap[k] = target - _own_mean(rate, keep, seed)
         _fit_log_scale(rate, keep, target, log_scale[k], iters=iters, seed=seed)
     settings = {"version": ANCHORS_VERSION, "n_cells": n_cells, "iters": iters, "seed": seed}
+    if model.guidance != 1.0:
+        settings["guidance"] = model.guidance
     return Anchors(labels, log_scale.astype(np.float32), gap.astype(np.float32), settings)

@@ -111,7 +111,8 @@ def evaluate_run(model: LCD, screen: Screen, *, conditions: list[str] | None = N
     train_cells, train_perturbed_mean = training_reference(model, screen)
     control = train_cells[KEYS.CONTROL]
     baselines = {name: b.fit(train_cells, KEYS.CONTROL, var_names=screen.genes) for name, b in make_baselines().items()}
-    if model.noise is not None and model.anchors is None:  # a run from before anchors: fitted here, not saved
+    if model.noise is not None and (model.anchors is None or model.anchors.guidance != model.guidance):
+        # a run from before anchors, or scored at another guidance than its anchors': fitted here, not saved
         model.anchors = fit_anchors(model, train_cells, seed=seed)
 
     rows = []

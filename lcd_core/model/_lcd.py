@@ -195,8 +195,9 @@ class LCD:
     # -- prediction -------------------------------------------------------------------------------
     @torch.inference_mode()
     def sample_standardised(self, label: str, n_cells: int, *, sampler: str | None = None,
-                            n_evals: int | None = None, seed: int = 0) -> np.ndarray:
-        """``(n_cells, d)`` standardised latent states of one perturbation, from the learned diffusion."""
+                            n_evals: int | None = None, seed: int = 0, guidance: float | None = None) -> np.ndarray:
+        """``(n_cells, d)`` standardised latent states of one perturbation, from the learned diffusion
+        (``guidance``: :func:`lcd_core.sampling.guided`'s weight; default: the run's, :attr:`guidance`)."""
         if n_cells < 1:
             raise ConfigError(f"the number of cells must be at least 1, got {n_cells}")
         name = sampler or self.info.get("sampler", "fast")
@@ -211,7 +212,8 @@ class LCD:
         # generator: the samplers draw their noise on the CPU, so a seed gives the same cells on any device
         gen = torch.Generator().manual_seed(_label_seed(seed, label))
         x = sample(name, self.net.score, self.net.sde, torch.as_tensor(vec, device=self.device)[None, :],
-                   n_cells, generator=gen, dim=self.n_genes, **kw)
+                   n_cells, generator=gen, dim=self.n_genes, guidance=self.guidance if guidance is None else guidance,
+                   **kw)
         return x.detach().cpu().double().numpy()
 
     @torch.inference_mode()
@@ -234,8 +236,16 @@ class LCD:
         scale = None if log_rate_scale is None else torch.exp(torch.as_tensor(log_rate_scale, device=self.device))
         return self.noise.sample_counts(s, generator=gen, rate_scale=scale).cpu().numpy()
 
+    @property
+    def guidance(self) -> float:
+        """[ours] The run's guidance weight (:func:`lcd_core.sampling.guided`; ``lcd train --set guidance=W``, default
+        :attr:`TrainConfig.guidance`). A run from before guidance existed has 1, the weight its anchors, fit check
+        and saved evaluations were made at."""
+        return float(self.info.get("guidance", 1.0))
+
     def predict(self, perturbations: list[str], n_cells: int = 500, *, sampler: str | None = None,
-                n_evals: int | None = None, seed: int = 0, anchored: bool = False) -> Prediction:
+                n_evals: int | None = None, seed: int = 0, anchored: bool = False,
+                guidance: float | None = None) -> Prediction:
         """Generate cells for each perturbation (``ctrl``, singles, unseen combinations).
 
         Parameters
@@ -253,17 +263,24 @@ class LCD:
             [ours] Decode with the run's anchors (:mod:`lcd_core.model._anchor`): each single's mean is the
             measured one; a combination's is LCD's own plus its singles' measured-minus-generated gaps (its rate
             factors fitted on its own generated cells), so the distribution and the interaction stay LCD's.
+        guidance
+            [ours] Push each perturbation's score away from the control's by this weight
+            (:func:`lcd_core.sampling.guided`; README, "Guidance"); default: the run's (:attr:`guidance`).
         """
         if not perturbations:
             raise ConfigError("no perturbation given")
         if anchored and self.anchors is None:
             raise ConfigError("this run has no anchors (anchored prediction needs a count model and the "
                               "measured training cells): `lcd evaluate RUN --data SCREEN` fits them")
+        if anchored and (self.guidance if guidance is None else float(guidance)) != self.anchors.guidance:
+            raise ConfigError(f"this run's anchors were fitted on cells generated at guidance {self.anchors.guidance:g}; "
+                              "an anchored prediction at another weight would not reproduce the measured singles")
         cells, latent, unseen, counts = {}, {}, {}, {}
         for label in perturbations:
             label = parse_label(label)
             _, new = self.multihot(label)
-            x = self.sample_standardised(label, n_cells, sampler=sampler, n_evals=n_evals, seed=seed)
+            x = self.sample_standardised(label, n_cells, sampler=sampler, n_evals=n_evals, seed=seed,
+                                         guidance=guidance)
             s = self.mu + self.sd * x
             latent[label] = s.astype(np.float32)
             if self.noise is not None:  # keep the counts: the file's own space needs them (lcd predict)
@@ -277,7 +294,8 @@ class LCD:
                 unseen[label] = new
         params = {"sampler": sampler or self.info.get("sampler", "fast"),
                   "n_evals": n_evals if n_evals is not None else self.info.get("sampler_evals"),
-                  "seed": seed, "n_cells": n_cells, "run": self.info.get("run"), "anchored": bool(anchored)}
+                  "seed": seed, "n_cells": n_cells, "run": self.info.get("run"), "anchored": bool(anchored),
+                  "guidance": self.guidance if guidance is None else float(guidance)}
         return Prediction(cells=cells, latent=latent, unseen=unseen, params=params, counts=counts,
                           extrapolation=extrapolation_notes(list(cells), unseen, trained_order=self.trained_order))
 

@@ -60,6 +60,8 @@ def evaluation_path(model: LCD, screen: Screen, *, n_cells: int, seed: int = 0) 
            "conditions": heldout_conditions(model, screen), "n_cells": int(n_cells), "seed": int(seed),
            "scoring": asdict(SCORING), "sampler": model.info.get("sampler"),
            "anchors": _anchors_digest(model)}
+    if model.guidance != 1.0:  # absent at 1 so that runs from before guidance keep their saved evaluation
+        key["guidance"] = model.guidance
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return RunDir(run).cache / f"evaluation-{digest}.json"
 

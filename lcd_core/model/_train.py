@@ -9,6 +9,7 @@ continues from the last checkpoint.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import shutil
 import time
@@ -190,6 +191,8 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
     mode = "counts" if screen.is_counts else "normalised"
     if not 0.0 <= config.val_fraction < 0.5:
         raise ConfigError(f"val_fraction must lie in [0, 0.5), got {config.val_fraction}")
+    if not (math.isfinite(config.guidance) and config.guidance > 0):
+        raise ConfigError(f"guidance must be a positive number (1: the learned score as it is), got {config.guidance}")
     if config.embedding not in EMBEDDING_METHODS:
         raise ConfigError(f"embedding must be one of {', '.join(EMBEDDING_METHODS)}; got {config.embedding!r}")
     held_cells = _resumed_validation(run, train_conds) or validation_split(
@@ -255,6 +258,7 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
         run.log({"event": "best", "stage": "stage2", "step": res2.best_step, "val_loss": res2.best_val_loss})
     info = {"data_hash": screen.data_hash, "run": str(run.path), "seed": config.seed, "preset": config.preset,
             "mode": mode, "sampler": config.sampler, "sampler_evals": config.sampler_evals,
+            "guidance": config.guidance,
             "train_conditions": train_conds, "heldout": split["heldout"]}
     model = LCD(genes=genes, pert_genes=pert_genes, conditions=train_conds, net=res2.net, mu=mu, sd=sd,
                 noise=noise, info=info)
