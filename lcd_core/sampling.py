@@ -392,7 +392,6 @@ def sample(
         n_levels = len(kw.get("sigmas", sde.sigmas))
         kw["n_steps_per_level"] = max(1, int(kw.pop("n_evals")) // n_levels)
     kw = {k: v for k, v in kw.items() if not (k == "n_evals" and v is None)}  # None: the sampler's default
-    pert = torch.as_tensor(pert)
     pert = pert[None, :] if pert.ndim == 1 else pert
     x_init = sde.prior_sampling((n_cells, dim), generator, scale=1.0).to(pert.device)  # chains live with the net
     return SAMPLERS[name](score_fn, sde, x_init, pert, generator=generator, **kw)
