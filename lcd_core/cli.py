@@ -62,6 +62,12 @@ def _screen_kwargs(args: argparse.Namespace) -> dict:
     )
 
 
+def _add_guidance(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--guidance", type=float, metavar="W",
+                   help="[ours] push each perturbation's score away from the control's by this weight (README, "
+                        "'Guidance'; 1: the learned score as it is); default: the run's")
+
+
 def _add_backend(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("where it runs")
     g.add_argument("--backend", choices=["local", "ray"], default="local", help="local process or a Ray cluster")
@@ -631,9 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anchored", action="store_true",
                    help="[ours] anchored prediction: each gene's mean set by the measured singles, the distribution "
                         "and the interaction LCD's (runs with a count model)")
-    p.add_argument("--guidance", type=float, metavar="W",
-                   help="[ours] push each perturbation's score away from the control's by this weight (README, "
-                        "'Guidance'; 1: the learned score as it is); default: the run's")
+    _add_guidance(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--our-space", action="store_true",
                    help="for a run on counts recovered from a normalised file: write log1p CP10k over the run's "
@@ -692,9 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells", type=int, default=500, help="cells generated per condition")
     p.add_argument("--folds", action="store_true", help="run the paper's k-fold protocol end to end")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, metavar="W",
-                   help="[ours] push each perturbation's score away from the control's by this weight (README, "
-                        "'Guidance'; 1: the learned score as it is); default: the run's")
+    _add_guidance(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="report folder")
     _add_screen_keys(p)

@@ -310,6 +310,13 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+def check_guidance(weight: float) -> float:
+    """``weight`` as a float, or :class:`ConfigError` unless it is a positive number (1: no guidance)."""
+    if not (math.isfinite(weight) and weight > 0):
+        raise ConfigError(f"guidance must be a positive number (1: the learned score as it is), got {weight!r}")
+    return float(weight)
+
+
 def guided(score_fn: ScoreFn, weight: float) -> ScoreFn:
     """[ours] The score of a perturbation pushed away from the control's: ``s₀ + w (s_T − s₀)``.
 
@@ -321,9 +328,7 @@ def guided(score_fn: ScoreFn, weight: float) -> ScoreFn:
     guidance counters. Each evaluation reads the network twice; :func:`sample` gives a guided sampler half the
     evaluations, so a budget costs the same with or without guidance.
     """
-    if not (math.isfinite(weight) and weight > 0):
-        raise ConfigError(f"guidance must be a positive number, got {weight!r}")
-    if weight == 1.0:
+    if check_guidance(weight) == 1.0:
         return score_fn
 
     def fn(x: torch.Tensor, sigma, pert: torch.Tensor, **kw) -> torch.Tensor:
@@ -376,9 +381,10 @@ def sample(
     if name not in SAMPLERS:
         raise ConfigError(f"Unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}.")
     pert = torch.as_tensor(pert)
+    guidance = check_guidance(guidance)
     if not bool(pert.any()):  # the control's own score: guidance is the identity there, so the steps stay
         guidance = 1.0
-    score_fn = guided(score_fn, float(guidance))
+    score_fn = guided(score_fn, guidance)
     if guidance != 1.0:
         # the budget counts network evaluations, and a guided one makes two: half as many sampler evaluations
         # cost what the unguided sampler costs (and sample as well: docs/benchmarks.md, "Guidance")

@@ -203,6 +203,8 @@ def test_guidance_scales_the_shift_from_control_and_keeps_the_covariance(screen,
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="guidance must be a positive number"):
             sample("fast", screen.score, sde, PERT, 2, generator=torch.Generator(), dim=D, guidance=bad)
+        with pytest.raises(ValueError, match="guidance must be a positive number"):  # refused for the control too
+            sample("fast", screen.score, sde, torch.zeros_like(PERT), 2, generator=torch.Generator(), dim=D, guidance=bad)
 
 
 @pytest.mark.parametrize("name,budget", [("fast", None), ("fast", 20), ("pc", 32), ("reference", 120)])

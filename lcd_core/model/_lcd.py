@@ -272,7 +272,8 @@ class LCD:
         if anchored and self.anchors is None:
             raise ConfigError("this run has no anchors (anchored prediction needs a count model and the "
                               "measured training cells): `lcd evaluate RUN --data SCREEN` fits them")
-        if anchored and (self.guidance if guidance is None else float(guidance)) != self.anchors.guidance:
+        weight = self.guidance if guidance is None else float(guidance)
+        if anchored and weight != self.anchors.guidance:
             raise ConfigError(f"this run's anchors were fitted on cells generated at guidance {self.anchors.guidance:g}; "
                               "an anchored prediction at another weight would not reproduce the measured singles")
         cells, latent, unseen, counts = {}, {}, {}, {}
@@ -280,7 +281,7 @@ class LCD:
             label = parse_label(label)
             _, new = self.multihot(label)
             x = self.sample_standardised(label, n_cells, sampler=sampler, n_evals=n_evals, seed=seed,
-                                         guidance=guidance)
+                                         guidance=weight)
             s = self.mu + self.sd * x
             latent[label] = s.astype(np.float32)
             if self.noise is not None:  # keep the counts: the file's own space needs them (lcd predict)
@@ -295,7 +296,7 @@ class LCD:
         params = {"sampler": sampler or self.info.get("sampler", "fast"),
                   "n_evals": n_evals if n_evals is not None else self.info.get("sampler_evals"),
                   "seed": seed, "n_cells": n_cells, "run": self.info.get("run"), "anchored": bool(anchored),
-                  "guidance": self.guidance if guidance is None else float(guidance)}
+                  "guidance": weight}
         return Prediction(cells=cells, latent=latent, unseen=unseen, params=params, counts=counts,
                           extrapolation=extrapolation_notes(list(cells), unseen, trained_order=self.trained_order))
 

@@ -9,7 +9,6 @@ continues from the last checkpoint.
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import shutil
 import time
@@ -26,6 +25,7 @@ from ..data._conventions import targets_of
 from ..errors import ConfigError, RunError
 from ..module import QuantileDecoder, unit_scale_from_counts
 from ..pp import explicit_split, fold_split, split_combinations
+from ..sampling import check_guidance
 from ..train import Progress, ProgressFn, fit_stage1, fit_stage2, standardize
 from ._anchor import fit_anchors
 from ._embedding import EMBEDDING_METHODS, write_run_embedding
@@ -191,8 +191,7 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
     mode = "counts" if screen.is_counts else "normalised"
     if not 0.0 <= config.val_fraction < 0.5:
         raise ConfigError(f"val_fraction must lie in [0, 0.5), got {config.val_fraction}")
-    if not (math.isfinite(config.guidance) and config.guidance > 0):
-        raise ConfigError(f"guidance must be a positive number (1: the learned score as it is), got {config.guidance}")
+    check_guidance(config.guidance)  # before the run directory exists
     if config.embedding not in EMBEDDING_METHODS:
         raise ConfigError(f"embedding must be one of {', '.join(EMBEDDING_METHODS)}; got {config.embedding!r}")
     held_cells = _resumed_validation(run, train_conds) or validation_split(
