@@ -131,9 +131,9 @@ def intervals(run_path: str | Path, sources, label: str, control: np.ndarray, ce
     so their sampling error joins the interval."""
     from lcd_core.model import mean_se, shift_intervals
 
-    models, calibration = sources.models, sources.calibration
+    models, calibration = sources.models, sources.calibration_for(label)
     key = ("intervals", run_key(run_path), label, int(n_cells), int(seed), n_evals, bool(anchored), reference,
-           len(models), None if calibration is None else len(calibration))
+           len(models), None if calibration is None else (len(calibration), calibration.held_out))
     control = np.asarray(control, dtype=np.float64)
     control_se = mean_se(control) if generated_control else None
     return run_job(key, lambda: shift_intervals(models, label, control.mean(0), n_cells=n_cells, seed=seed,

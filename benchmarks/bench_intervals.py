@@ -3,9 +3,12 @@
 For every held-out double of a run that has an ensemble (``lcd ensemble``): the 90 % interval of each of
 its top-20 DE genes' mean shift (observed against control, Wilcoxon), and whether the observed shift falls
 inside once its own sampling error is counted (:func:`lcd_core.model.interval_coverage`). The target is
-80–95 % of the (double, gene) pairs. Four intervals around the same prediction: the shipped one (ensemble
-+ the calibration on the training conditions, ``fit.json``), the ensemble alone, the calibration alone
-(the run's own network), and the cells drawn alone.
+80–95 % of the (double, gene) pairs. Intervals around the same prediction: the shipped one (ensemble + the
+calibration the run picks for an unseen double: its ensemble's cross-fit when it has one, else its training
+conditions'), the ensemble alone, the calibration alone (the run's own network), the cells drawn alone, and
+with a cross-fitted ensemble, the ensemble + the training conditions' calibration (what it was before).
+``--guidance W`` measures the run as if it had been made at weight W: every network samples at W, and both
+calibrations (the fit check's and the cross-fit's) are scored again at W.
 
     python benchmarks/bench_intervals.py --run assets/demo_run --data assets/demo_screen.h5ad
     python benchmarks/bench_intervals.py --run runs/heldout_nl300_anchor/run --data runs/heldout_nl300_anchor/screen.h5ad
@@ -27,7 +30,8 @@ import pandas as pd
 from lcd_core import KEYS
 from lcd_core.data import read_screen
 from lcd_core.metrics import top_de_genes
-from lcd_core.model import LCD, Ensemble, IntervalSources, interval_coverage, read_fit, shift_intervals
+from lcd_core.model import LCD, Ensemble, IntervalSources, fit_report, interval_coverage, read_fit, shift_intervals
+from lcd_core.model._ensemble import score_crossfit
 from lcd_core.model._intervals import interval_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,23 +50,35 @@ def main() -> None:
     p.add_argument("--cells", type=int, default=500, help="cells per network and double")
     p.add_argument("--top", type=int, default=20, help="top DE genes per double")
     p.add_argument("--level", type=float, default=0.9)
+    p.add_argument("--guidance", type=float, help="sample at this guidance weight (default: the run's)")
     p.add_argument("--name", help="name of the results file (default: the run folder's)")
     args = p.parse_args()
     model = LCD.load(args.run, device="cpu")
-    src = IntervalSources.of(model, Ensemble.load(args.run, model), read_fit(args.run))
+    screen = read_screen(args.data)
+    ensemble, fit = Ensemble.load(args.run, model), read_fit(args.run)
+    if args.guidance is not None and args.guidance != model.guidance:
+        model.info["guidance"] = args.guidance  # the members are shallow copies made below: they follow
+        t0 = time.monotonic()
+        if fit is not None:
+            fit = fit_report(model, screen, conditions=[c for c in (fit.get("conditions") or {})], seed=fit["seed"],
+                             n_cells=fit["n_cells"], top=fit["top"], n_splits=1)
+        if ensemble is not None and ensemble.heldout_calibration() is not None:
+            ensemble.info["crossfit"] = score_crossfit(ensemble, model, screen, seed=model.info.get("seed", 0))
+        print(f"calibrations scored again at guidance {args.guidance} in {time.monotonic() - t0:.0f} s", flush=True)
+    src = IntervalSources.of(model, ensemble, fit)
     if len(src.models) == 1:
         print(f"{args.run} has no ensemble (`lcd ensemble`): the calibration and the cells only", flush=True)
-    models, calibration = src.models, src.calibration
-    screen = read_screen(args.data)
+    models = src.models
     control = screen.log1p(KEYS.CONTROL)
     cmean = control.mean(0)
     doubles = [c for c in model.info.get("heldout", []) if c in set(screen.conditions) and "+" in c]
-    if calibration is None:
+    if src.calibration is None and src.heldout is None:
         raise SystemExit(f"{args.run}'s fit.json has no calibration scores: run `lcd fit {args.run} --data {args.data}`")
     rows, t0 = [], time.monotonic()
     for label in doubles:
         obs = screen.log1p(label)
         genes = top_de_genes(obs, control, k=args.top)
+        calibration = src.calibration_for(label)
         both = shift_intervals(models, label, cmean, n_cells=args.cells, level=args.level, calibration=calibration)
         # the same networks' summaries without the calibration, and the calibration with the run's network alone
         means = np.stack([both["predicted_shift"].to_numpy() + cmean])
@@ -74,6 +90,10 @@ def main() -> None:
                                                level=args.level, calibration=calibration),
             "cells only": both.assign(half_width=norm_q(args.level) * both["se_cells"]),
         }
+        if src.heldout is not None and src.calibration is not None:  # what the intervals were before the cross-fit
+            trained = src.calibration.half_width(both["predicted_shift"].to_numpy(), args.level)[0]
+            variants["ensemble + training calibration"] = both.assign(
+                half_width=np.sqrt((both["t"] * both["shift_se"]) ** 2 + trained ** 2))
         if len(models) == 1:  # no ensemble: "both" is the calibration with the run's network alone
             variants = {k: v for k, v in variants.items() if "ensemble" not in k}
         obs_shift = obs.mean(0) - cmean
@@ -89,7 +109,9 @@ def main() -> None:
               flush=True)
     df = pd.DataFrame(rows)
     summary = {"pairs": int(len(df) * args.top), "doubles": len(df), "networks": len(models), "level": args.level,
-               "n_calibration": int(len(calibration)), "scale_floor": calibration.floor(args.level),
+               "guidance": model.guidance,
+               "calibrated_on": calibration.describe(), "n_calibration": int(len(calibration)),
+               "scale_floor": calibration.floor(args.level),
                **{k: float(df[k].mean() if k.startswith("coverage") else df[k].median())
                   for k in df.columns if k not in ("double", "n_obs")},
                "seconds": round(time.monotonic() - t0, 1)}

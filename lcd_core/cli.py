@@ -62,6 +62,17 @@ def _screen_kwargs(args: argparse.Namespace) -> dict:
     )
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON file's object, ``{}`` when it is missing or not one."""
+    import json
+
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
 def _add_guidance(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, metavar="W",
                    help="[ours] push each perturbation's score away from the control's by this weight (README, "
@@ -242,9 +253,23 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
     cfg = RunDir(args.run).require_complete()
     screen = read_screen(args.data, **_screen_kwargs(args))
+    bar = _ProgressBar(args.quiet)
+    if args.guidance is not None:
+        from .model import set_guidance
+
+        try:
+            model = set_guidance(args.run, screen, args.guidance, progress=bar)
+        finally:
+            bar.close()
+        redone = (["the fit check"] + (["the anchors"] if model.anchors is not None else []) +
+                  (["the no-count decoder"] if model.decoder is not None else []) +
+                  (["the ensemble's cross-fit scores"] if "crossfit" in _read_json(Path(args.run) / "ensemble.json") else []))
+        print(f"{args.run} samples at guidance {args.guidance:g} from now on; made again at that weight: "
+              f"{', '.join(redone)}")
+        _print_fit(args.run)
+        return
     model = LCD.load(args.run, device=args.device)
     validation = (cfg.get("validation") or {}).get("cells")
-    bar = _ProgressBar(args.quiet)
     try:
         fit = fit_report(model, screen, validation=validation, n_cells=args.cells, seed=args.seed,
                          progress=bar)
@@ -289,11 +314,18 @@ def cmd_ensemble(args: argparse.Namespace) -> None:
     screen = _run_screen(args)
     bar = _ProgressBar(args.quiet)
     try:
-        ens = fit_ensemble(args.run, screen, members=args.members, device=args.device, progress=bar)
+        ens = fit_ensemble(args.run, screen, members=args.members, device=args.device, crossfit=not args.no_crossfit,
+                           progress=bar)
     finally:
         bar.close()
     print(f"ensemble of {args.run}: {len(ens) + 1} networks (the run's own and seeds {', '.join(map(str, ens.seeds))}), "
           f"{ens.info['seconds']:.0f} s; saved in {Path(args.run) / 'ensemble.safetensors'}")
+    cal = ens.heldout_calibration()
+    if cal is not None:
+        print(f"unseen combinations' intervals are calibrated on {cal.describe()}")
+    elif not args.no_crossfit:
+        print("the run has fewer than 2 training combinations: no cross-fit; intervals of unseen combinations are "
+              "calibrated on its training conditions (fit.json), which is optimistic for them")
 
 
 def _write_intervals(adata, run: str, pred, args: argparse.Namespace) -> None:
@@ -306,25 +338,30 @@ def _write_intervals(adata, run: str, pred, args: argparse.Namespace) -> None:
     src = IntervalSources.of(model, Ensemble.load(run, model), read_fit(run))
     if not src.available:
         raise ConfigError(f"{run} has neither an ensemble nor a calibrated fit check, and intervals need one: run "
-                          f"`lcd ensemble {run}` (the spread between networks) and/or `lcd fit {run} --data SCREEN` "
-                          "(the errors on the training conditions)")
+                          f"`lcd ensemble {run}` (the spread between networks, and their errors on combinations they "
+                          f"were trained without) and/or `lcd fit {run} --data SCREEN` (the errors on the training "
+                          "conditions)")
     ctrl = pred.cells.get("ctrl")
     if ctrl is None:
         ctrl = model.predict(["ctrl"], n_cells=args.cells, seed=args.seed, n_evals=args.n_evals).cells["ctrl"]
+    calibrations = {}
     ctrl = np.asarray(ctrl, dtype=np.float64)
     for label, cells in pred.cells.items():
         if label == "ctrl":
             continue
         # the generated control's own sampling error joins the interval
         iv = shift_intervals(src.models, label, ctrl.mean(0), n_cells=args.cells, seed=args.seed,
-                             n_evals=args.n_evals, anchored=args.anchored, level=args.level, cells=cells,
-                             control_se=mean_se(ctrl), calibration=src.calibration)
+                             n_evals=args.n_evals, anchored=args.anchored, guidance=args.guidance, level=args.level,
+                             cells=cells, control_se=mean_se(ctrl), calibration=src.calibration_for(label))
+        calibrations[label] = iv.attrs["calibrated_on"]
         for col in ("shift", "shift_low", "shift_high", "shift_se", "sd_model", "calibrated"):
             adata.var[f"{label}_{col}"] = iv["predicted_shift" if col == "shift" else col].to_numpy()
     covers = src.covers()
     adata.uns["lcd_intervals"] = {
         "level": float(args.level), "networks": len(src.models), "n_cells": int(args.cells),
         "n_calibration": 0 if src.calibration is None else int(len(src.calibration)),
+        "n_calibration_heldout": 0 if src.heldout is None else int(len(src.heldout)),
+        "calibrated_on": calibrations,
         "reference": "the run's generated control cells (their sampling error included)",
         "covers": covers, "space": "log1p CP10k over the run's genes"}
     print(f"lcd predict: {args.level:.0%} intervals on every gene's mean shift (var['<perturbation>_shift_low' / "
@@ -597,6 +634,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--guidance", type=float, metavar="W",
+                   help="[ours] make W the run's guidance weight (README, 'Guidance'), and redo at W what was made "
+                        "from its generated cells: the fit check, the anchors, the ensemble's cross-fit scores and "
+                        "the no-count decoder (nothing is retrained; --cells and --seed are the run's then)")
     _add_screen_keys(p)
     p.set_defaults(func=cmd_fit)
 
@@ -608,11 +649,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_screen_keys(p)
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("ensemble", help="train extra stage-2 networks with other seeds: the model uncertainty of "
-                                        "`lcd predict --intervals` and the Perturb page's intervals")
+    p = sub.add_parser("ensemble", help="train extra stage-2 networks with other seeds, each without a fold of the "
+                                        "training combinations: the model uncertainty of `lcd predict --intervals` "
+                                        "and the Perturb page's intervals, and their calibration on unseen combinations")
     p.add_argument("run", help="run directory written by 'lcd train'")
     p.add_argument("--data", help="the screen the run was trained on (default: the path its config records)")
     p.add_argument("--members", type=int, default=ENSEMBLE_MEMBERS, help="extra networks (the run's own makes one more)")
+    p.add_argument("--no-crossfit", action="store_true",
+                   help="every member learns every training condition (no calibration on unseen combinations)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_screen_keys(p)
@@ -632,7 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intervals", action="store_true",
                    help="write each gene's mean-shift interval per perturbation to var (<perturbation>_shift_low / "
                         "_shift_high, log1p CP10k against the generated control): the cells drawn, the spread of the "
-                        "run's ensemble (`lcd ensemble`) and its errors on its training conditions (fit.json)")
+                        "run's ensemble (`lcd ensemble`), its members' errors on combinations they were trained "
+                        "without (unseen conditions) and the run's errors on its training conditions (fit.json)")
     p.add_argument("--level", type=float, default=INTERVAL_LEVEL, help="nominal coverage of --intervals")
     p.add_argument("--anchored", action="store_true",
                    help="[ours] anchored prediction: each gene's mean set by the measured singles, the distribution "

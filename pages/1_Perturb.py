@@ -159,11 +159,13 @@ def intervals_toggle(run, model) -> IntervalSources | None:
                    "fit check (`lcd fit RUN --data SCREEN`).")
         return None
     what = " + ".join(([f"{len(src.models)}-network ensemble"] if len(src.models) > 1 else []) +
+                      (["cross-fitted"] if src.heldout is not None else []) +
                       (["calibrated on the training conditions"] if src.calibration is not None else []))
     on = st.toggle(f"Prediction intervals ({what})", value=False, key="pert_intervals",
                    help="Each gene's mean shift with an interval: the cells drawn, the spread between networks "
-                        "trained with other seeds, and how far the run's predictions of its own training conditions "
-                        "fall from their measured shifts. Samples the perturbation once per network (about 1 s "
+                        "trained with other seeds, and how far predictions fall from measured shifts: of combinations "
+                        "the ensemble's networks were trained without, for a condition the run never saw; of the "
+                        "run's own training conditions, for those. Samples the perturbation once per network (about 1 s "
                         "more on the demo's CPU), so it is off unless asked.")
     return src if on else None
 
@@ -279,11 +281,14 @@ def lcd_mode(screen, run, model) -> None:
         st.plotly_chart(shift_bars(table, top=20, title=f"{label}: the 20 largest predicted shifts"), key="shift_bars")
         nets = (f"the spread of {iv.attrs['networks']} networks trained with other seeds (sd_model), "
                 if iv.attrs["networks"] > 1 else "")
-        cal = (f"the run's errors on its training conditions (split-conformal over {iv.attrs['n_calibration']:,} "
-               "gene shifts; column calibrated)" if iv.attrs["n_calibration"] else "no calibration (`lcd fit` adds it)")
+        cal = (f"{iv.attrs['calibrated_on']} (column calibrated)" if iv.attrs["n_calibration"]
+               else "no calibration (`lcd fit` adds it)")
+        optimistic = (" Calibrated on conditions the model was trained on, they are optimistic for an unseen "
+                      "combination (`lcd ensemble` cross-fits)." if label not in set(model.conditions)
+                      and not iv.attrs["calibration_held_out"] else "")
         st.caption(f"{iv.attrs['level']:.0%} intervals (shift_low, shift_high; error bars): the cells drawn, {nets}"
-                   f"and {cal}. Calibrated on conditions the model was trained on, they are optimistic for unseen "
-                   "combinations: measured coverage on held-out doubles in docs/benchmarks.md ('Prediction intervals').")
+                   f"and {cal}.{optimistic} Measured coverage on held-out doubles: docs/benchmarks.md "
+                   "('Prediction intervals').")
     d1, d2 = st.columns(2)
     d1.download_button("Download the full table (CSV)", widgets.csv_bytes(table), file_name=f"shifts_{label}.csv",
                        mime="text/csv", key="dl_shifts")

@@ -1,6 +1,7 @@
 """Guidance [ours]: a perturbation's score pushed away from the control's (lcd_core.sampling.guided), as a
-run setting (`lcd train --set guidance=W`) and a per-call override (`lcd predict/evaluate --guidance W`).
-The exact Gaussian case is in test_sampling.py; here, a trained model."""
+run setting (`lcd train --set guidance=W`, default 1.3; `lcd fit RUN --guidance W` afterwards) and a per-call
+override (`lcd predict/evaluate --guidance W`). The exact Gaussian case is in test_sampling.py; here, a
+trained model."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from lcd_core import ConfigError
 from lcd_core.data import read_screen
-from lcd_core.model import LCD, TrainConfig, evaluate_run, train
+from lcd_core.model import LCD, Ensemble, TrainConfig, evaluate_run, fit_ensemble, read_fit, set_guidance, train
 from tests.conftest import make_tiny_counts, tiny_config
 
 
@@ -22,8 +23,7 @@ def trained(tmp_path_factory):
     make_tiny_counts().write_h5ad(tmp / "tiny.h5ad")
     screen = read_screen(tmp / "tiny.h5ad")
     cfg = tiny_config()
-    assert cfg.guidance == TrainConfig().guidance == 1.0  # the paper's sampling unless asked
-    cfg.guidance = 1.3  # what `lcd train --set guidance=1.3` sets
+    assert cfg.guidance == TrainConfig().guidance == 1.3  # the default: shifts at their measured size
     train(screen, tmp / "run", config=cfg, device="cpu", heldout=["G00+G01"])
     return screen, tmp / "run"
 
@@ -51,7 +51,7 @@ def test_the_run_setting_is_the_default_and_anchors_follow_it(trained):
     model = LCD.load(run, device="cpu")
     explicit = model.predict(["G00"], 50, seed=2, guidance=1.0)
     assert explicit.params["guidance"] == 1.0 and model.predict(["G00"], 5).params["guidance"] == 1.3
-    model.info["guidance"] = 1.0  # what `lcd train` records by default
+    model.info["guidance"] = 1.0  # what `lcd train --set guidance=1` records
     implicit = model.predict(["G00"], 50, seed=2)
     np.testing.assert_array_equal(implicit.cells["G00"], explicit.cells["G00"])
     # the anchors were fitted on cells at weight 1.3: anchored cells at 1 would not reproduce the singles
@@ -78,3 +78,40 @@ def test_cli_guidance(trained, tmp_path, lcd_here):
     lcd_here("evaluate", run, "--data", screen.path, "--cells", "40", "--guidance", "1.5", "--out", report)
     assert json.loads((report / "provenance.json").read_text())["guidance"] == 1.5
     assert "- guidance: 1.5" in (report / "summary.md").read_text()
+
+
+def _magnitudes(fit: dict) -> np.ndarray:
+    return np.array([e["magnitude"] for e in fit["conditions"].values()])
+
+
+def test_set_guidance_redoes_what_was_sampled_at_the_old_weight(tmp_path, lcd_here):
+    # a run made at weight 1 (as every run before guidance), with a cross-fitted ensemble, moved to 1.3
+    doubles = ["G00+G01", "G02+G03", "G00+G02", "G01+G03"]
+    make_tiny_counts(conditions=["ctrl", "G00", "G01", "G02", "G03", *doubles]).write_h5ad(tmp_path / "s.h5ad")
+    screen = read_screen(tmp_path / "s.h5ad")
+    cfg = tiny_config()
+    cfg.guidance = 1.0
+    run = tmp_path / "run"
+    train(screen, run, config=cfg, device="cpu", heldout=["G00+G01"])
+    fit_ensemble(run, screen, members=2)
+    before, crossfit_before = read_fit(run), Ensemble.load(run, LCD.load(run)).info["crossfit"]
+    model_json = (run / "model.json").read_text()
+    bad = lcd_here("fit", run, "--data", screen.path, "--guidance", "0", check=False)
+    assert bad.returncode != 0 and "guidance must be a positive number" in bad.stderr
+    assert (run / "model.json").read_text() == model_json  # refused before anything was touched
+    done = lcd_here("fit", run, "--data", screen.path, "--guidance", "1.3", "--quiet")
+    assert "guidance 1.3" in done.stdout and "anchors" in done.stdout and "decoder" not in done.stdout
+    model = LCD.load(run, device="cpu")  # still a complete run whose weights are the ones recorded
+    assert model.guidance == 1.3 and model.anchors.guidance == 1.3
+    assert json.loads((run / "config.json").read_text())["config"]["guidance"] == 1.3
+    model.predict(["G02"], 10, anchored=True)  # the anchors were refitted at the run's new weight
+    # the fit check and the cross-fit were sampled again at 1.3: the shifts grow (by ~1.3 where learned)
+    after = read_fit(run)
+    assert np.median(_magnitudes(after) / _magnitudes(before)) > 1.15
+    crossfit = Ensemble.load(run, model).info["crossfit"]
+    assert crossfit["guidance"] == 1.3 and crossfit["folds"] == crossfit_before["folds"]
+    assert np.median(_magnitudes(crossfit) / _magnitudes(crossfit_before)) > 1.1
+    # against other data: refused
+    make_tiny_counts(seed=4).write_h5ad(tmp_path / "other.h5ad")
+    with pytest.raises(ConfigError, match="other data"):
+        set_guidance(run, read_screen(tmp_path / "other.h5ad"), 1.0)

@@ -12,8 +12,8 @@ from conftest import make_tiny_counts, tiny_config
 
 from lcd_core import LCDError
 from lcd_core.data import read_screen
-from lcd_core.model import (LCD, Calibration, Ensemble, calibration_from_fit, fit_ensemble, interval_coverage,
-                            read_fit, shift_intervals, train)
+from lcd_core.model import (LCD, Calibration, Ensemble, IntervalSources, calibration_from_fit, fit_ensemble,
+                            interval_coverage, read_fit, shift_intervals, train)
 from lcd_core.model._intervals import SCALE_FLOORS, conformal_quantile, interval_table
 
 
@@ -199,3 +199,56 @@ def test_cli_predict_writes_intervals_and_refuses_without_ensemble(ensemble_run,
     finally:
         (run / "ensemble.json.bak").rename(run / "ensemble.json")
         (run / "fit.json.bak").rename(run / "fit.json")
+
+
+def test_crossfit_ensemble_calibrates_unseen_combinations(tmp_path, monkeypatch, lcd_here):
+    # four doubles, one held out by the run: the three it trains on are dealt to two members, each of which
+    # must learn without its fold and be scored on it; unseen conditions then get that calibration
+    import lcd_core.model._ensemble as ensemble_module
+
+    doubles = ["G00+G01", "G02+G03", "G00+G02", "G01+G03"]
+    make_tiny_counts(conditions=["ctrl", "G00", "G01", "G02", "G03", *doubles]).write_h5ad(tmp_path / "s.h5ad")
+    screen = read_screen(tmp_path / "s.h5ad")
+    run = tmp_path / "run"
+    train(screen, run, config=tiny_config(), heldout=["G00+G01"])
+    model = LCD.load(run)
+    index = {g: i for i, g in enumerate(model.pert_genes)}
+    seen, real = [], ensemble_module.fit_stage2
+
+    def recording(x, pert, *a, **kw):  # the real fit, recording which conditions each member learned from
+        seen.append({tuple(np.flatnonzero(row)) for row in pert})
+        return real(x, pert, *a, **kw)
+
+    monkeypatch.setattr(ensemble_module, "fit_stage2", recording)
+    ens = fit_ensemble(run, screen, members=2)
+    folds = ens.folds
+    assert sorted(c for f in folds for c in f) == sorted(doubles[1:]) and all(folds)
+    for fold, learned in zip(folds, seen):
+        left_out = {tuple(sorted(index[g] for g in c.split("+"))) for c in fold}
+        assert not left_out & learned  # the fold's combinations never reached the member
+        assert {(index[g],) for g in ("G00", "G01", "G02", "G03")} <= learned and () in learned
+    back = Ensemble.load(run, model)
+    assert back.folds == folds
+    scored = back.info["crossfit"]["conditions"]
+    assert {c: e["member"] for c, e in scored.items()} == {c: k + 1 for k, f in enumerate(folds) for c in f}
+    held = back.heldout_calibration()
+    assert held.held_out and len(held) == 3 * 12 and len(np.unique(held.groups)) == 3
+    src = IntervalSources.of(model, back, read_fit(run))
+    assert src.calibration_for("G00+G01") is src.heldout and src.calibration_for("G02+G03") is src.calibration
+    assert src.calibration_for("G03") is src.calibration and not src.calibration.held_out
+    assert "cross-fitted" in src.covers() and "training conditions" in src.covers()
+    # the CLI writes which calibration each perturbation's intervals used
+    out = tmp_path / "pred.h5ad"
+    lcd_here("predict", run, "--perturb", "G00+G01", "--perturb", "G02", "--cells", "50", "--intervals", "--out", out)
+    used = ad.read_h5ad(out).uns["lcd_intervals"]
+    assert "cross-fitted" in used["calibrated_on"]["G00+G01"] and "training" in used["calibrated_on"]["G02"]
+    assert used["n_calibration_heldout"] == 36
+    # without the cross-fit: plain seed members, unseen combinations fall back on the training calibration
+    plain = fit_ensemble(run, screen, members=2, crossfit=False)
+    assert plain.folds == [[], []] and plain.heldout_calibration() is None
+    assert IntervalSources.of(model, plain, read_fit(run)).calibration_for("G00+G01") is not None
+    # same seeds, other networks: CLIPR's cached confidence over the ensemble must not be reused
+    from lcd_core.clipr._confidence import _conf_params
+
+    keys = [_conf_params(10, 0.9, 0, 0, e.models(model)[1:]) for e in (back, Ensemble.load(run, model))]
+    assert keys[0]["ensemble_seeds"] == keys[1]["ensemble_seeds"] and keys[0] != keys[1]

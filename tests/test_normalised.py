@@ -142,3 +142,20 @@ def test_quantile_decoder_matches_zero_fractions_and_is_monotone():
     assert np.all(np.diff(dec(grid), axis=0) >= 0)
     again = QuantileDecoder.from_state_dict(dec.state_dict())
     np.testing.assert_array_equal(again(grid), dec(grid))
+
+
+def test_set_guidance_refits_the_decoder(sparse_run, tmp_path):
+    # the decoder is fitted on generated cells: a new weight needs a new one, and the run stays loadable
+    import shutil
+
+    from lcd_core.model import set_guidance
+
+    screen, run, model = sparse_run
+    copy = tmp_path / "nc"
+    shutil.copytree(run, copy)
+    set_guidance(copy, screen, 1.6)
+    moved = LCD.load(copy, device="cpu")
+    assert moved.guidance == 1.6 and moved.decoder is not None
+    assert not np.array_equal(moved.decoder.generated_q, model.decoder.generated_q)
+    cells = moved.predict(["G00+G01"], n_cells=200, seed=1).cells["G00+G01"]
+    assert cells.min() >= 0.0 and np.all(cells[:, [GENES.index(g) for g in ALL_ZERO]] == 0.0)

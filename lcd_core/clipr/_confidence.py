@@ -284,10 +284,12 @@ def cached_confidence(model: LCD, options: CliprOptions | None = None, *, n_boot
 
 
 def _conf_params(n_boot, level, n_null, seed, ensemble) -> dict:
-    """What a cached confidence was made with (its key): the networks by their stage-2 seeds."""
+    """What a cached confidence was made with (its key): the networks by their stage-2 seeds and the hash of
+    their weights file (an ensemble rebuilt with the same seeds, cross-fitted say, is another ensemble)."""
     out = {"n_boot": int(n_boot), "level": float(level), "n_null": int(n_null), "seed": int(seed)}
     if ensemble:
         out["ensemble_seeds"] = [int(m.info.get("stage2_seed", -1)) for m in ensemble]
+        out["ensemble_weights"] = ensemble[0].info.get("ensemble_weights")
     return out
 
 

@@ -1,15 +1,24 @@
-"""A small ensemble of stage-2 networks: what the model would have predicted with another seed.
+"""A small ensemble of stage-2 networks: what the model would have predicted with another seed, and
+without some of its combinations.
 
 A deep ensemble (Lakshminarayanan et al. 2017): stage 2 retrained from scratch with other seeds (other
 initial weights, batches, noise levels) on the samples the run's own stage 2 learned from, re-derived
 from the screen with the run's split and settings. The spread of the members' predictions is the model
-uncertainty that :mod:`lcd_core.model._intervals` adds to the finite-cell error; it does not cover a
-bias every member shares (a wrong direction learned from the same data), which is why the prediction
-intervals are checked against held-out observed shifts (docs/benchmarks.md).
+uncertainty that :mod:`lcd_core.model._intervals` adds to the finite-cell error.
+
+That spread does not cover a bias every member shares, and the run's errors on its training conditions
+(``fit.json``) understate its errors on combinations it never saw. So the members are also *cross-fitted*
+(the CV+ / jackknife+ idea of Barber et al. 2021, with an ensemble's members as the folds as in Kim, Xu &
+Barber 2020): the run's training combinations (conditions of ≥ 2 targets) are split into one fold per
+member, and member k learns without fold k's combinations (every single and the control stay). Its
+predictions of those combinations, scored against their measured shifts like the fit check scores the
+training conditions, are errors on combinations the predicting network never saw: the calibration of the
+intervals of unseen combinations (``crossfit`` in ``ensemble.json``). A screen with fewer than two
+training combinations gets plain seed members.
 
 Saved in the run directory as ``ensemble.safetensors`` (the members' weights, float16: a member's
-sampling error dwarfs the rounding) and ``ensemble.json`` (seeds, steps, the data hash); the run's own
-network is member 0 and is not stored twice.
+sampling error dwarfs the rounding) and ``ensemble.json`` (seeds, steps, the data hash, the cross-fit's
+folds and scores); the run's own network is member 0 and is not stored twice.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,14 +43,29 @@ from ..errors import ConfigError, RunError
 from ..module import ScoreNet
 from ..train import Progress, ProgressFn, fit_stage1, fit_stage2
 from ._lcd import LCD, multihot
-from ._presets import TrainConfig
-from ._run import RunDir, atomic_write_json
+from ._run import RunDir, atomic_write_json, sha256_file
+from ._fit import fit_report
 from ._train import _stage2_validation, stage2_samples
+
+if TYPE_CHECKING:
+    from ._intervals import Calibration
 
 ENSEMBLE_WEIGHTS = "ensemble.safetensors"
 ENSEMBLE_META = "ensemble.json"
 ENSEMBLE_FORMAT_VERSION = 1
 DEFAULT_MEMBERS = ENSEMBLE_MEMBERS
+#: cells each member generates per left-out combination, and the top DE genes scored (as the fit check's)
+CROSSFIT_CELLS, CROSSFIT_TOP = 300, 20
+
+
+def crossfit_folds(conditions: list[str], members: int, seed: int) -> list[list[str]]:
+    """The training combinations (≥ 2 targets) dealt at random into ``members`` folds, one per member; all
+    folds empty when there are fewer than two (nothing to leave out without losing the only one)."""
+    combos = sorted(c for c in conditions if len(targets_of(c)) > 1)
+    if len(combos) < 2:
+        return [[] for _ in range(members)]
+    order = np.random.default_rng(seed).permutation(len(combos))
+    return [[combos[i] for i in part] for part in np.array_split(order, members)]
 
 
 @dataclasses.dataclass
@@ -54,7 +79,9 @@ class Ensemble:
     seeds
         Their stage-2 seeds.
     info
-        ``ensemble.json``: data hash, steps, seconds.
+        ``ensemble.json``: data hash, steps, seconds and ``crossfit`` (the folds the members left out and
+        their scores on them; absent for a screen without two training combinations and for older
+        ensembles); plus ``weights_sha256``, a reading of the weights file, not stored.
     """
 
     nets: list[ScoreNet]
@@ -71,9 +98,22 @@ class Ensemble:
         for net, seed in zip(self.nets, self.seeds):
             m = copy.copy(model)  # shallow: shares everything but the network (and says which one it is)
             m.net = net.to(model.device).eval()
-            m.info = dict(model.info, stage2_seed=seed)
+            # which weights: a cache of what the members computed (CLIPR's confidence) is keyed by it
+            m.info = dict(model.info, stage2_seed=seed, ensemble_weights=self.info.get("weights_sha256"))
             out.append(m)
         return out
+
+    @property
+    def folds(self) -> list[list[str]]:
+        """The training combinations each member left out (one list per member; empty: none)."""
+        return [list(f) for f in (self.info.get("crossfit") or {}).get("folds") or [[] for _ in self.nets]]
+
+    def heldout_calibration(self) -> "Calibration | None":
+        """The cross-fitted :class:`~lcd_core.model.Calibration`: each member's errors on the combinations it
+        left out, or ``None`` when it has none."""
+        from ._intervals import calibration_from_fit
+
+        return calibration_from_fit(self.info.get("crossfit"), held_out=True)
 
     def save(self, run: str | Path) -> None:
         run = RunDir(run)
@@ -82,7 +122,9 @@ class Ensemble:
         tmp = run / f".{ENSEMBLE_WEIGHTS}.tmp"
         save_file(tensors, str(tmp))
         tmp.replace(run / ENSEMBLE_WEIGHTS)
-        atomic_write_json(run / ENSEMBLE_META, dict(self.info, format_version=ENSEMBLE_FORMAT_VERSION,
+        self.info["weights_sha256"] = sha256_file(run / ENSEMBLE_WEIGHTS)
+        meta = {k: v for k, v in self.info.items() if k != "weights_sha256"}  # a reading of the file, not stored
+        atomic_write_json(run / ENSEMBLE_META, dict(meta, format_version=ENSEMBLE_FORMAT_VERSION,
                                                     seeds=self.seeds, net_init=self.nets[0].init_params))
 
     @classmethod
@@ -111,16 +153,20 @@ class Ensemble:
                 nets.append(net.to(model.device).eval())
         except (RuntimeError, KeyError, TypeError) as e:
             raise RunError(f"{run.path}'s ensemble does not fit its description ({type(e).__name__}); {rebuild}") from None
-        return cls(nets=nets, seeds=[int(s) for s in meta["seeds"]], info=meta)
+        return cls(nets=nets, seeds=[int(s) for s in meta["seeds"]],
+                   info=dict(meta, weights_sha256=sha256_file(run / ENSEMBLE_WEIGHTS)))
 
 
 def fit_ensemble(run: str | Path, screen: Screen, *, members: int = DEFAULT_MEMBERS, device: str = "auto",
-                 progress: ProgressFn | None = None) -> Ensemble:
+                 crossfit: bool = True, progress: ProgressFn | None = None) -> Ensemble:
     """Train ``members`` extra stage-2 networks for a finished run and save them in it.
 
     The samples are re-derived from ``screen`` with the run's split, validation cells and settings (count
     mode refits stage 1 with the run's seed) and standardised with the run's own μ and σ, so every member
-    lives in the run's latent space; member ``k`` uses stage-2 seed ``seed + 1000 k``.
+    lives in the run's latent space; member ``k`` uses stage-2 seed ``seed + 1000 k``. With ``crossfit``
+    member k leaves out fold k of the training combinations (:func:`crossfit_folds`; their training and
+    validation samples) and is then scored on them (:func:`~lcd_core.model.fit_report`'s numbers, at the
+    run's sampler and guidance): the module docstring.
 
     Parameters
     ----------
@@ -130,29 +176,22 @@ def fit_ensemble(run: str | Path, screen: Screen, *, members: int = DEFAULT_MEMB
         The screen it was trained on (checked by data hash).
     members
         Extra networks (≥ 1); with the run's own, ``members + 1`` predictions.
+    crossfit
+        Leave out a fold of the training combinations per member (``False``: every member learns every
+        training condition; no calibration on unseen combinations).
     progress
         Called with a :class:`~lcd_core.train.Progress` of stage ``"ensemble"`` after each member, and
         with stage ``"stage1"`` / ``"stage2"`` inside each fit.
 
-    Cost: one stage 1 (count mode) and ``members`` stage-2 fits of the run's preset.
+    Cost: one stage 1 (count mode) and ``members`` stage-2 fits of the run's preset, and with ``crossfit``
+    :data:`CROSSFIT_CELLS` cells per left-out combination.
     """
     if members < 1:
         raise ConfigError(f"an ensemble needs at least 1 extra member, got {members}")
     rd = RunDir(run)
-    cfg = rd.require_complete()
+    cfg, config, train_conds, held = rd.trained_from(screen, "the ensemble must learn from the run's own screen")
     model = LCD.load(rd.path, device="cpu")
-    if screen.data_hash != cfg.get("data_hash"):
-        raise ConfigError(f"{rd.path} was trained on other data (hash {str(cfg.get('data_hash'))[:12]}…, this screen "
-                          f"{screen.data_hash[:12]}…): the ensemble must learn from the run's own screen")
-    if (cfg.get("subset") or None) != (screen.subset or None):
-        raise ConfigError(f"{rd.path} was trained on the cells {cfg.get('subset') or 'all'} of its file, this screen "
-                          f"holds {screen.subset or 'all'}: read it with the run's subset")
-    config = TrainConfig.from_dict(cfg["config"])
     dev = resolve_device(device)
-    train_conds = list(cfg["train_conditions"])
-    # the run's validation cells (runs from before validation existed trained on every cell)
-    cells = (cfg.get("validation") or {}).get("cells") or {}
-    held = {c: [int(i) for i in cells.get(c, [])] for c in train_conds}
     t0 = time.monotonic()
 
     def fit1(counts, unit_scale, **kw):
@@ -163,20 +202,41 @@ def fit_ensemble(run: str | Path, screen: Screen, *, members: int = DEFAULT_MEMB
                                                 counts_mode=cfg["mode"] == "counts")
     x = [((s - model.mu) / model.sd).astype(np.float32) for s in latents]
     del latents
-    val_x = None if val_latents is None else _stage2_validation([((v - model.mu) / model.sd).astype(np.float32)
-                                                                for v in val_latents])
+    val = None if val_latents is None else [((v - model.mu) / model.sd).astype(np.float32) for v in val_latents]
     index = {g: i for i, g in enumerate(model.pert_genes)}
     pert = np.stack([multihot(targets_of(c), index) for c in train_conds])
+    folds = crossfit_folds(train_conds, members, config.seed) if crossfit else [[] for _ in range(members)]
     nets, seeds = [], []
     for k in range(1, members + 1):
+        keep = [i for i, c in enumerate(train_conds) if c not in set(folds[k - 1])]
         s2 = dataclasses.replace(config.stage2, seed=config.stage2.seed + 1000 * k)
-        res = fit_stage2(x, pert, s2, device=str(dev), progress=progress, val_x=val_x)
+        res = fit_stage2([x[i] for i in keep], pert[keep], s2, device=str(dev), progress=progress,
+                         val_x=None if val is None else _stage2_validation([val[i] for i in keep]))
         res.use_best()
         nets.append(res.net.cpu().eval())
         seeds.append(s2.seed)
         if progress is not None:
             progress(Progress("ensemble", k, members, {"seconds": time.monotonic() - t0}))
-    ens = Ensemble(nets=nets, seeds=seeds, info={"data_hash": screen.data_hash, "steps": config.stage2.steps,
-                                                  "seconds": round(time.monotonic() - t0, 1)})
+    info = {"data_hash": screen.data_hash, "steps": config.stage2.steps}
+    ens = Ensemble(nets=nets, seeds=seeds, info=dict(info, crossfit={"folds": folds}))
+    crossfit = score_crossfit(ens, model, screen, seed=config.seed)
+    ens.info = dict(info, seconds=round(time.monotonic() - t0, 1), **({"crossfit": crossfit} if crossfit else {}))
     ens.save(rd.path)
     return ens
+
+
+def score_crossfit(ensemble: Ensemble, model: LCD, screen: Screen, *, seed: int = 0) -> dict | None:
+    """Each member's fit numbers (:func:`~lcd_core.model.fit_report`) on the combinations it left out, at the
+    run's sampler and guidance: ``ensemble.json``'s ``crossfit`` (``folds``, ``n_cells``, ``top``,
+    ``guidance``, ``conditions`` → numbers + ``member``), or ``None`` when no member left any out."""
+    folds = ensemble.folds
+    if not any(folds):
+        return None
+    scored = {}
+    for k, (member, fold) in enumerate(zip(ensemble.models(model)[1:], folds), start=1):
+        if fold:
+            report = fit_report(member, screen, conditions=fold, n_cells=CROSSFIT_CELLS, top=CROSSFIT_TOP,
+                                n_splits=1, seed=seed)
+            scored.update({c: dict(e, member=k) for c, e in report["conditions"].items()})
+    return {"folds": folds, "n_cells": CROSSFIT_CELLS, "top": CROSSFIT_TOP, "guidance": model.guidance,
+            "conditions": scored}

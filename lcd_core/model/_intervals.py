@@ -16,19 +16,25 @@ generates ``n`` cells. For gene j, with μ_m and s²_m the mean and variance of 
 That part covers the spread between networks trained with other seeds and the cells drawn, not a bias
 every network shares (the same wrong direction learned from the same data): on the held-out doubles of the
 demo it covers 19 % of the observed top-20 shifts at nominal 90 % (docs/benchmarks.md). The bias is
-measured where it can be, on the run's training conditions (split-conformal prediction, Vovk et al. 2005;
-Lei et al. 2018): the fit check (``fit.json``) keeps each condition's predicted and observed shifts of its
-top-20 DE genes, and :class:`Calibration` scores them by
+measured where it can be (split-conformal prediction, Vovk et al. 2005; Lei et al. 2018), from pairs of
+predicted and observed shifts of the top-20 DE genes of conditions, a :class:`Calibration`:
+
+- *held out* (``ensemble.json``'s ``crossfit``): each ensemble member's predictions of the training
+  combinations it was trained without (:mod:`._ensemble`), errors of the kind an unseen combination makes.
+  They calibrate every condition the run was not trained on;
+- *training* (``fit.json``): the run's own predictions of its training conditions. They calibrate the
+  training conditions, and unseen ones when the run has no cross-fitted ensemble (optimistic there: a
+  condition trained on is reproduced more closely than a new one; :func:`interval_coverage` measures it).
+
+The pairs are scored by
 
     score = |predicted shift − observed shift| / scale,  scale = √(f² + predicted shift²),
 
 an error relative to the shift that stays finite for genes predicted not to move (f = ∞: an absolute
-error). f is chosen per run from :data:`SCALE_FLOORS` on the training conditions alone: the one whose
-intervals are narrowest on one half of the conditions when calibrated on the other (two folds). The
-level-quantile q of the scores (the ⌈(n + 1)·level⌉-th smallest) gives the calibrated half-width
-q · scale; the interval shown adds it to the ensemble's in quadrature, √((t·se)² + (q·scale)²). The
-training conditions were trained on, so the quantile is optimistic for unseen combinations (held-out
-errors are larger): :func:`interval_coverage` measures what it gives on held-out doubles.
+error). f is chosen per calibration from :data:`SCALE_FLOORS`: the one whose intervals are narrowest on
+one half of the conditions when calibrated on the other (two folds). The level-quantile q of the scores
+(the ⌈(n + 1)·level⌉-th smallest) gives the calibrated half-width q · scale; the interval shown adds it
+to the ensemble's in quadrature, √((t·se)² + (q·scale)²).
 """
 
 from __future__ import annotations
@@ -77,14 +83,26 @@ class Calibration:
         ``(n,)`` shifts, log1p CP10k against the observed control.
     groups
         ``(n,)`` the condition each pair belongs to (the folds of :meth:`floor` split conditions, not genes).
+    held_out
+        Whether the predicting networks never saw those conditions (the ensemble's cross-fit) rather than
+        trained on them (the fit check).
     """
 
     predicted: np.ndarray
     observed: np.ndarray
     groups: np.ndarray
+    held_out: bool = False
 
     def __len__(self) -> int:
         return len(self.predicted)
+
+    def describe(self) -> str:
+        """Where the errors come from, in words (the CLI's, the page's and ``attrs["calibrated_on"]``)."""
+        n = len(np.unique(self.groups))
+        if self.held_out:
+            return (f"the errors of networks trained without them on {n} of the run's training combinations "
+                    f"(cross-fitted; split-conformal over {len(self)} gene shifts)")
+        return f"the run's errors on its {n} training conditions (split-conformal over {len(self)} gene shifts)"
 
     def scores(self, floor: float) -> np.ndarray:
         return np.abs(self.predicted - self.observed) / _scale(self.predicted, floor)
@@ -110,9 +128,10 @@ class Calibration:
         return q * _scale(shift, f), q, f
 
 
-def calibration_from_fit(fit: dict | None) -> Calibration | None:
-    """The :class:`Calibration` of a run's fit report (``fit.json``), or ``None`` when it has none (written
-    before the intervals existed: ``lcd fit RUN --data SCREEN`` adds it)."""
+def calibration_from_fit(fit: dict | None, *, held_out: bool = False) -> Calibration | None:
+    """The :class:`Calibration` of a fit report's ``conditions`` (``fit.json``; with ``held_out``, the
+    ensemble's ``crossfit``), or ``None`` when it has none (``fit.json`` written before the intervals
+    existed: ``lcd fit RUN --data SCREEN`` adds it)."""
     pred, obs, groups = [], [], []
     for i, entry in enumerate(((fit or {}).get("conditions") or {}).values()):
         pairs = entry.get("interval_pairs") or {}
@@ -123,35 +142,47 @@ def calibration_from_fit(fit: dict | None) -> Calibration | None:
             groups += [i] * len(p)
     if not pred:
         return None
-    return Calibration(np.asarray(pred, dtype=np.float64), np.asarray(obs, dtype=np.float64), np.asarray(groups))
+    return Calibration(np.asarray(pred, dtype=np.float64), np.asarray(obs, dtype=np.float64), np.asarray(groups),
+                       held_out=held_out)
 
 
 @dataclass(frozen=True)
 class IntervalSources:
-    """What a run's prediction intervals draw on: its networks (the run's own first, then its ensemble's)
-    and the calibration of its fit check. ``IntervalSources.of(model, ensemble, fit)``."""
+    """What a run's prediction intervals draw on: its networks (the run's own first, then its ensemble's),
+    the calibration of its fit check (training conditions) and its ensemble's cross-fit (unseen
+    combinations). ``IntervalSources.of(model, ensemble, fit)``; :meth:`calibration_for` picks per condition."""
 
     models: tuple[LCD, ...]
     calibration: Calibration | None
+    heldout: Calibration | None = None
 
     @classmethod
     def of(cls, model: LCD, ensemble=None, fit: dict | None = None) -> "IntervalSources":
         """From the run's model, its :class:`~lcd_core.model.Ensemble` (or ``None``) and its ``fit.json`` dict."""
         models = tuple(ensemble.models(model)) if ensemble is not None else (model,)
-        return cls(models, calibration_from_fit(fit))
+        heldout = ensemble.heldout_calibration() if ensemble is not None else None
+        return cls(models, calibration_from_fit(fit), heldout)
 
     @property
     def available(self) -> bool:
         """Whether intervals can be computed: one network alone cannot tell its own uncertainty."""
-        return len(self.models) > 1 or self.calibration is not None
+        return len(self.models) > 1 or self.calibration is not None or self.heldout is not None
+
+    def calibration_for(self, label: str) -> Calibration | None:
+        """The calibration of ``label``'s intervals: the training one for a condition the run was trained on,
+        the cross-fitted one for any other (the training one where the run has none)."""
+        trained = label in set(self.models[0].conditions)
+        first, second = (self.calibration, self.heldout) if trained else (self.heldout, self.calibration)
+        return first if first is not None else second
 
     def covers(self) -> str:
         """What the intervals cover, in words (the CLI's message, ``uns["lcd_intervals"]["covers"]``)."""
         parts = ([f"the spread between the {len(self.models)} networks of the run's ensemble"]
                  if len(self.models) > 1 else [])
+        if self.heldout is not None:
+            parts.append(f"for conditions the run was not trained on, {self.heldout.describe()}")
         if self.calibration is not None:
-            parts.append(f"the run's errors on its training conditions (split-conformal over {len(self.calibration)} "
-                         "gene shifts)")
+            parts.append(("for its training conditions, " if self.heldout is not None else "") + self.calibration.describe())
         return "the cells drawn, " + " and ".join(parts)
 
 
@@ -162,7 +193,8 @@ def mean_se(cells: np.ndarray) -> np.ndarray:
 
 
 def shift_intervals(models: Sequence[LCD], label: str, control_mean: np.ndarray, *, n_cells: int = 500,
-                    seed: int = 0, n_evals: int | None = None, anchored: bool = False, level: float = LEVEL,
+                    seed: int = 0, n_evals: int | None = None, anchored: bool = False,
+                    guidance: float | None = None, level: float = LEVEL,
                     cells: np.ndarray | None = None, control_se: np.ndarray | None = None,
                     calibration: Calibration | None = None) -> pd.DataFrame:
     """Interval on each gene's predicted mean shift against control (module docstring).
@@ -177,7 +209,7 @@ def shift_intervals(models: Sequence[LCD], label: str, control_mean: np.ndarray,
     control_mean
         ``(d,)`` the reference control mean, log1p CP10k (observed control cells where the screen has
         them; else the model's generated control).
-    n_cells, seed, n_evals, anchored
+    n_cells, seed, n_evals, anchored, guidance
         As :meth:`LCD.predict`, for every network.
     level
         Nominal coverage (0 < level < 1).
@@ -187,7 +219,7 @@ def shift_intervals(models: Sequence[LCD], label: str, control_mean: np.ndarray,
         ``(d,)`` standard error of ``control_mean`` when it is itself an estimate to be included (generated
         control cells: s / √n0); ``None`` holds the reference fixed.
     calibration
-        The run's :class:`Calibration` (:func:`calibration_from_fit` of its ``fit.json``); ``None``: the
+        The :class:`Calibration` of ``label`` (:meth:`IntervalSources.calibration_for`); ``None``: the
         networks' spread and the cells only.
 
     Returns
@@ -206,7 +238,8 @@ def shift_intervals(models: Sequence[LCD], label: str, control_mean: np.ndarray,
     means, variances = [], []
     for i, m in enumerate(models):
         x = cells if (i == 0 and cells is not None) else \
-            m.predict([label], n_cells=n_cells, seed=seed, n_evals=n_evals, anchored=anchored).cells[label]
+            m.predict([label], n_cells=n_cells, seed=seed, n_evals=n_evals, anchored=anchored,
+                      guidance=guidance).cells[label]
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != d or len(x) < 2:
             raise ConfigError(f"cells of {label!r} must be (n ≥ 2, {d}), got {x.shape}")
@@ -238,7 +271,8 @@ def interval_table(means: np.ndarray, variances: np.ndarray, control_mean: np.nd
     DataFrame: ``gene, predicted_shift`` (the run's own network), ``shift_low, shift_high``, ``shift_se``
     (√(s²_0 / n + τ²)), ``se_cells``, ``sd_model`` (τ), ``t`` (its quantile), ``calibrated`` (the conformal
     half-width q · scale, 0 without calibration), ``half_width``, ``ensemble_shift`` (mean over networks);
-    ``attrs``: ``level``, ``networks``, ``n_cells``, ``conformal_q``, ``scale_floor`` (f), ``n_calibration``.
+    ``attrs``: ``level``, ``networks``, ``n_cells``, ``conformal_q``, ``scale_floor`` (f), ``n_calibration``,
+    ``calibrated_on`` (:meth:`Calibration.describe`, ``""`` without), ``calibration_held_out``.
     """
     M = means.shape[0]
     if M < 1 or variances.shape != means.shape or (M < 2 and calibration is None):
@@ -264,7 +298,9 @@ def interval_table(means: np.ndarray, variances: np.ndarray, control_mean: np.nd
                         "sd_model": np.sqrt(tau2), "t": t, "calibrated": calibrated, "half_width": half,
                         "ensemble_shift": means.mean(0) - control_mean})
     out.attrs.update(level=level, networks=M, n_cells=int(n_cells), conformal_q=q, scale_floor=f,
-                     n_calibration=0 if calibration is None else len(calibration))
+                     n_calibration=0 if calibration is None else len(calibration),
+                     calibrated_on="" if calibration is None else calibration.describe(),
+                     calibration_held_out=calibration is not None and calibration.held_out)
     return out
 
 

@@ -240,7 +240,7 @@ class LCD:
     def guidance(self) -> float:
         """[ours] The run's guidance weight (:func:`lcd_core.sampling.guided`; ``lcd train --set guidance=W``, default
         :attr:`TrainConfig.guidance`). A run from before guidance existed has 1, the weight its anchors, fit check
-        and saved evaluations were made at."""
+        and saved evaluations were made at; :func:`~lcd_core.model.set_guidance` (``lcd fit --guidance``) moves it."""
         return float(self.info.get("guidance", 1.0))
 
     def predict(self, perturbations: list[str], n_cells: int = 500, *, sampler: str | None = None,

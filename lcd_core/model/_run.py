@@ -148,6 +148,25 @@ class RunDir:
         atomic_write_json(self.path / COMPLETE, {"weights_sha256": sha256_file(self.path / WEIGHTS),
                                                  "finished": time.time()})
 
+    def trained_from(self, screen, purpose: str) -> tuple[dict, Any, list[str], dict[str, list[int]]]:
+        """What this finished run was trained from, for work that re-derives its samples (its ensemble, a new
+        guidance): ``(config.json, its TrainConfig, training conditions, validation cells per condition)``;
+        refuses a screen other than the run's (data hash, cell subset), ``purpose`` saying what needs it."""
+        from ..errors import ConfigError
+        from ._presets import TrainConfig
+
+        cfg = self.require_complete()
+        if screen.data_hash != cfg.get("data_hash"):
+            raise ConfigError(f"{self.path} was trained on other data (hash {str(cfg.get('data_hash'))[:12]}…, this "
+                              f"screen {screen.data_hash[:12]}…): {purpose}")
+        if (cfg.get("subset") or None) != (screen.subset or None):
+            raise ConfigError(f"{self.path} was trained on the cells {cfg.get('subset') or 'all'} of its file, this "
+                              f"screen holds {screen.subset or 'all'}: read it with the run's subset")
+        conds = list(cfg["train_conditions"])
+        # the run's validation cells (runs from before validation existed trained on every cell)
+        cells = (cfg.get("validation") or {}).get("cells") or {}
+        return cfg, TrainConfig.from_dict(cfg["config"]), conds, {c: [int(i) for i in cells.get(c, [])] for c in conds}
+
     def require_complete(self) -> dict:
         """Check that the run finished and its weights are the ones it finished with; return config."""
         if not self.path.exists():
