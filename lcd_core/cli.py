@@ -62,17 +62,6 @@ def _screen_kwargs(args: argparse.Namespace) -> dict:
     )
 
 
-def _read_json(path: Path) -> dict:
-    """A JSON file's object, ``{}`` when it is missing or not one."""
-    import json
-
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
-
-
 def _add_guidance(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, metavar="W",
                    help="[ours] push each perturbation's score away from the control's by this weight (README, "
@@ -255,15 +244,17 @@ def cmd_fit(args: argparse.Namespace) -> None:
     screen = read_screen(args.data, **_screen_kwargs(args))
     bar = _ProgressBar(args.quiet)
     if args.guidance is not None:
-        from .model import set_guidance
+        from .model import Ensemble, set_guidance
 
         try:
             model = set_guidance(args.run, screen, args.guidance, progress=bar)
         finally:
             bar.close()
+        ens = Ensemble.load(args.run, model)
+        crossfit = ens is not None and ens.heldout_calibration() is not None
         redone = (["the fit check"] + (["the anchors"] if model.anchors is not None else []) +
                   (["the no-count decoder"] if model.decoder is not None else []) +
-                  (["the ensemble's cross-fit scores"] if "crossfit" in _read_json(Path(args.run) / "ensemble.json") else []))
+                  (["the ensemble's cross-fit scores"] if crossfit else []))
         print(f"{args.run} samples at guidance {args.guidance:g} from now on; made again at that weight: "
               f"{', '.join(redone)}")
         _print_fit(args.run)
@@ -344,8 +335,8 @@ def _write_intervals(adata, run: str, pred, args: argparse.Namespace) -> None:
     ctrl = pred.cells.get("ctrl")
     if ctrl is None:
         ctrl = model.predict(["ctrl"], n_cells=args.cells, seed=args.seed, n_evals=args.n_evals).cells["ctrl"]
-    calibrations = {}
     ctrl = np.asarray(ctrl, dtype=np.float64)
+    calibrations = {}  # perturbation → which calibration its intervals used
     for label, cells in pred.cells.items():
         if label == "ctrl":
             continue

@@ -193,7 +193,10 @@ def test_every_page_in_a_real_browser(server, browser_ctx):
     page.get_by_text("Genetic interaction").wait_for()
     no_exception(page)
     shot(page, "perturb")
-    # the predicted cells' file is written when the button is clicked (it waits for LCD's control cells then)
+    # the predicted cells' file is written when the button is clicked (it waits for LCD's control cells then).
+    # Clicked once the page is idle: a click that lands while a rerun redraws the button is lost (seen once, on a
+    # loaded CPU: no download in 600 s, the server idle)
+    settle(page)
     with page.expect_download(timeout=SLOW) as dl:
         page.get_by_role("button", name="Download the predicted cells (.h5ad)").click()
     import anndata as ad
