@@ -123,9 +123,13 @@ class Ensemble:
         save_file(tensors, str(tmp))
         tmp.replace(run / ENSEMBLE_WEIGHTS)
         self.info["weights_sha256"] = sha256_file(run / ENSEMBLE_WEIGHTS)
+        self.save_meta(run.path)
+
+    def save_meta(self, run: str | Path) -> None:
+        """Write ``ensemble.json`` alone (new cross-fit scores of the same networks: the weights stay)."""
         meta = {k: v for k, v in self.info.items() if k != "weights_sha256"}  # a reading of the file, not stored
-        atomic_write_json(run / ENSEMBLE_META, dict(meta, format_version=ENSEMBLE_FORMAT_VERSION,
-                                                    seeds=self.seeds, net_init=self.nets[0].init_params))
+        atomic_write_json(RunDir(run) / ENSEMBLE_META, dict(meta, format_version=ENSEMBLE_FORMAT_VERSION,
+                                                            seeds=self.seeds, net_init=self.nets[0].init_params))
 
     @classmethod
     def load(cls, run: str | Path, model: LCD) -> "Ensemble | None":

@@ -14,15 +14,13 @@ import json
 from pathlib import Path
 
 from ..data import Screen
-from ..data._conventions import targets_of
 from ..sampling import check_guidance
 from ..train import ProgressFn
-from ._anchor import fit_anchors
 from ._ensemble import Ensemble, score_crossfit
 from ._fit import FIT_FILE, fit_report
 from ._lcd import LCD
 from ._run import MODEL_META, RunDir, atomic_write_json
-from ._train import fit_decoder, stage2_samples
+from ._train import fit_decoder, fit_run_anchors, stage2_samples
 
 
 def set_guidance(run: str | Path, screen: Screen, weight: float, *, progress: ProgressFn | None = None) -> LCD:
@@ -58,14 +56,12 @@ def set_guidance(run: str | Path, screen: Screen, weight: float, *, progress: Pr
         meta = json.loads((rd / MODEL_META).read_text())
         atomic_write_json(rd / MODEL_META, dict(meta, info=dict(meta.get("info", {}), guidance=float(weight))))
     if model.noise is not None:
-        singles = [c for c in train_conds if len(targets_of(c)) <= 1]
-        model.anchors = fit_anchors(model, {c: screen.log1p(c) for c in singles}, seed=config.seed)
-        model.anchors.save(rd.path)
+        fit_run_anchors(model, screen, train_conds, rd, seed=config.seed)
     atomic_write_json(rd / FIT_FILE, fit_report(model, screen, conditions=train_conds, validation=held,
                                                 seed=config.seed, progress=progress))
     ensemble = Ensemble.load(rd.path, model)
     if ensemble is not None and ensemble.heldout_calibration() is not None:
         ensemble.info["crossfit"] = score_crossfit(ensemble, model, screen, seed=config.seed)
-        ensemble.save(rd.path)
+        ensemble.save_meta(rd.path)
     rd.write_config(dict(cfg, config=dict(cfg["config"], guidance=float(weight))))
     return model

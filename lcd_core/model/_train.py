@@ -269,10 +269,8 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
                  "zero_fraction": float(model.decoder.zero_fraction.mean()),
                  "genes_zero_everywhere": int((model.decoder.zero_fraction >= 1.0).sum())})
     model.save(run)
-    if noise is not None:  # [ours] anchored prediction's factors, fitted on the measured control and singles
-        singles = [c for c in train_conds if len(targets_of(c)) <= 1]
-        model.anchors = fit_anchors(model, {c: screen.log1p(c) for c in singles}, seed=config.seed)
-        model.anchors.save(run.path)
+    if noise is not None:
+        fit_run_anchors(model, screen, train_conds, run, seed=config.seed)
     _write_fit(model, screen, run, train_conds, held_cells, config.seed, report)
     write_run_embedding(model, screen, run, config.embedding, report)  # the app's UMAP, loaded at first visit
     run.write_config(dict(cfg_json, status="complete"))
@@ -339,6 +337,14 @@ def fit_decoder(model: LCD, conditions: list[str], observed: list[np.ndarray], *
         generated.append(model.mu + model.sd * x)
         kept.append(cells[rng.choice(len(cells), n, replace=False)] if n < len(cells) else cells)
     return QuantileDecoder.fit(np.concatenate(generated), np.concatenate(kept))
+
+
+def fit_run_anchors(model: LCD, screen: Screen, train_conds: list[str], run: RunDir, *, seed: int) -> None:
+    """[ours] The anchored prediction's factors (:func:`fit_anchors`), fitted on the measured control and training
+    singles at the model's guidance, set on ``model`` and saved in ``run``."""
+    singles = [c for c in train_conds if len(targets_of(c)) <= 1]
+    model.anchors = fit_anchors(model, {c: screen.log1p(c) for c in singles}, seed=seed)
+    model.anchors.save(run.path)
 
 
 def _check_resume(run: RunDir, cfg: dict) -> None:
