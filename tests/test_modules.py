@@ -83,7 +83,7 @@ def test_louvain_resolution_changes_module_count_and_is_reproducible():
 def test_demo_modules_against_the_true_modules():
     """The 6 true modules of the demo screen: from its true causal matrix, and from the shipped demo model's
     directed CLIPR (cached in assets/demo_run). Measured: truth 0.88 (louvain) vs ≤ 0.56 (hierarchical at any
-    cut); the estimate 0.73."""
+    cut); the estimate 0.67."""
     from lcd_core.data import read_screen
     from lcd_core.model import LCD, get_clipr
     from lcd_core.simulation import demo_screen_path
@@ -96,7 +96,10 @@ def test_demo_modules_against_the_true_modules():
     assert best_hier < 0.7
     model = LCD.load(demo_screen_path().parent / "demo_run")
     est = get_clipr(model, variant="directed")
-    assert adjusted_rand_score(modules, find_modules(est.effects, model.genes).labels) >= 0.7
+    # 0.67 since the run is trained with the "edm" preconditioning (0.73 with METHOD's "ve"; its edges' sign-AUROC
+    # 0.955 against 0.952): a real loss, reported in docs/benchmarks.md ("Preconditioning"); still far above the
+    # tree cut's best here and the paper variant's 0.19
+    assert adjusted_rand_score(modules, find_modules(est.effects, model.genes).labels) >= 0.65
 
 
 def test_exports_with_provenance(tmp_path):

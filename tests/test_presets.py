@@ -41,3 +41,19 @@ def test_lcd_train_defaults_to_auto(tiny_h5ad, tmp_path):
                           "--dry-run", "--device", "cpu"], capture_output=True, text=True, check=True)
     cfg = json.loads(out.stdout)
     assert cfg["preset"] == "auto" and cfg["stage2"]["steps"] == 5000
+
+
+def test_new_runs_precondition_like_edm_and_old_records_read_back_as_ve():
+    from lcd_core.model import TrainConfig
+
+    for name in ("demo", "standard"):
+        assert get_preset(name).stage2.preconditioning == "edm"
+    assert get_preset("paper").stage2.preconditioning == "ve"  # METHOD.md as written
+    assert auto_preset(500, 30).stage2.preconditioning == "edm"
+    cfg = get_preset("demo")
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    old = cfg.to_dict()
+    del old["stage2"]["preconditioning"]  # a run's config.json from before the setting existed
+    assert TrainConfig.from_dict(old).stage2.preconditioning == "ve"
+    with pytest.raises(ConfigError, match="preconditioning"):
+        TrainConfig.from_dict(dict(old, stage2=dict(old["stage2"], preconditioning="edm2")))

@@ -145,7 +145,7 @@ class Ensemble:
         except (OSError, json.JSONDecodeError, UnicodeDecodeError, SafetensorError, ValueError) as e:
             raise RunError(f"{run.path}'s ensemble is missing or corrupt ({type(e).__name__}); {rebuild}") from None
         if meta.get("format_version") != ENSEMBLE_FORMAT_VERSION or meta.get("data_hash") != model.info.get("data_hash") \
-                or meta.get("net_init") != model.net.init_params:
+                or not _same_network(meta.get("net_init"), model.net):
             raise RunError(f"{run.path}'s ensemble was made for other data or another network; {rebuild}")
         nets = []
         try:
@@ -244,3 +244,12 @@ def score_crossfit(ensemble: Ensemble, model: LCD, screen: Screen, *, seed: int 
             scored.update({c: dict(e, member=k) for c, e in report["conditions"].items()})
     return {"folds": folds, "n_cells": CROSSFIT_CELLS, "top": CROSSFIT_TOP, "guidance": model.guidance,
             "conditions": scored}
+
+
+def _same_network(net_init, net: ScoreNet) -> bool:
+    """Whether an ensemble's stored ``net_init`` builds ``net``'s architecture (a key written before it
+    existed takes ScoreNet's default, as the run's own model.json does)."""
+    try:
+        return ScoreNet(**net_init).init_params == net.init_params
+    except (TypeError, ConfigError):
+        return False

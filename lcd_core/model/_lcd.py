@@ -31,10 +31,11 @@ from ._extrapolation import extrapolation_notes
 from ._run import MODEL_META, WEIGHTS, RunDir, atomic_write_json
 
 #: format of model.json / model.safetensors; bump on any change of meaning
-MODEL_FORMAT_VERSION = 3
+MODEL_FORMAT_VERSION = 4
 #: formats this version still reads (1: before ScoreNet's ``sigma_out``, which then defaults to METHOD's 0;
-#: 2: before the no-count mode's zero-aware decoder, whose runs then return stage 2's values unchanged)
-READABLE_MODEL_FORMATS = (1, 2, 3)
+#: 2: before the no-count mode's zero-aware decoder, whose runs then return stage 2's values unchanged;
+#: 3: before ScoreNet's ``preconditioning``, which then defaults to METHOD's "ve")
+READABLE_MODEL_FORMATS = (1, 2, 3, 4)
 
 
 @dataclass

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
 from ..nn._embeddings import SinusoidalEmbedding
 from ..nn._mlp import MLP
 from ..sde import VESchedule
 from ._output import LossOutput
+
+#: the denoiser's preconditionings (:class:`ScoreNet`)
+PRECONDITIONINGS = ("ve", "edm")
 
 
 class ScoreNet(torch.nn.Module):
@@ -20,12 +24,24 @@ class ScoreNet(torch.nn.Module):
       hidden pre-activation; between trained levels the embedding is linearly interpolated;
     - perturbation ``e_T = multi-hot @ E`` (``E`` is ``(P, emb_dim)``, init ``N(0, 0.01²)``), entering
       every hidden pre-activation as ``U_l e_T + c_l`` (METHOD.md §1);
-    - denoiser ``D = x' − c_out(σ) F``, score ``(D − x̃) / σ²``, with ``c_out = σ`` (METHOD.md, ``sigma_out = 0``)
-      or [ours] ``c_out = σ² / sqrt(σ² + σ₀²)`` (``sigma_out = σ₀``). Both are σ at large σ. At small σ the
-      first makes ``F`` an ε-prediction whose error the score amplifies by ``1/σ`` (100× at σ_min), so the
-      drift ``s(x, σ_min)`` is poor; the second makes ``F ≈ −σ₀ s`` an O(1) score prediction there. On a
-      linear Gaussian screen the relative error of the learned score at σ_min falls from 2.4 to 0.19 with
-      σ₀ = 1 (the latent's unit scale), and at σ = 0.1 from 0.24 to 0.18 (tests/test_score.py).
+    - denoiser ``D = c_skip(σ) x̃ − c_out(σ) F``, score ``(D − x̃) / σ²``.
+
+    Two choices shape ``D``. ``sigma_out = σ₀`` sets the small levels: ``σ₀ = 0`` is METHOD.md's ``c_out = σ``,
+    which makes ``F`` an ε-prediction whose error the score amplifies by ``1/σ`` (100× at σ_min), so the
+    drift ``s(x, σ_min)`` is poor; [ours] ``σ₀ > 0`` multiplies ``c_out`` by ``σ / sqrt(σ² + σ₀²)``, making
+    ``F`` an O(1) score prediction there (on a linear Gaussian screen the relative error of the learned score
+    at σ_min falls from 2.4 to 0.19 with σ₀ = 1, tests/test_score.py).
+
+    ``preconditioning`` sets the large levels:
+
+    - ``"ve"`` (METHOD.md): ``c_skip = 1 / sqrt(1 + σ²)``, ``c_out = σ`` there. ``F`` corrects a skip that
+      keeps too much of the noisy input, and its error reaches ``D`` multiplied by σ (2× at σ = 2, 10× at
+      σ_max): the denoiser contracts too little at the middle and large levels, and the generated cells of
+      each condition come out too wide (Norman: 4.6× the variance of stage 1's states in the top genes).
+    - [ours] ``"edm"`` (Karras et al. 2022, with the data's unit scale): ``c_skip = 1 / (1 + σ²)``,
+      ``c_out → 1`` at large σ, so ``F`` predicts the clean state there and its error is not amplified;
+      trained with EDM's loss weight (:func:`dsm_loss`). Same samplers; on Norman the generated spread falls
+      to 1.7× and the decoded training shifts' r rises from 0.63 to 0.84 (docs/benchmarks.md, "Preconditioning").
 
     Parameters
     ----------
@@ -42,8 +58,11 @@ class ScoreNet(torch.nn.Module):
     n_levels, sigma_max, sigma_min
         The noise schedule (:class:`~lcd_core.sde.VESchedule`).
     sigma_out
-        ``σ₀`` of the output scaling; 0 (the default, and what runs written before it existed load with) is
-        METHOD.md's ``D = x' − σF``.
+        ``σ₀`` of the output scaling at small σ; 0 (the default, and what runs written before it existed load
+        with) is METHOD.md's.
+    preconditioning
+        ``"ve"`` (the default, and what runs written before it existed load with: METHOD.md's
+        ``D = x' − σF`` when ``sigma_out = 0``) or ``"edm"``.
 
     Examples
     --------
@@ -68,14 +87,18 @@ class ScoreNet(torch.nn.Module):
         sigma_max: float = 10.0,
         sigma_min: float = 0.01,
         sigma_out: float = 0.0,
+        preconditioning: str = "ve",
     ):
         super().__init__()
         self.init_params = dict(
             n_genes=n_genes, n_perts=n_perts, hidden=hidden, n_layers=n_layers, emb_dim=emb_dim,
             level_emb_dim=level_emb_dim, n_levels=n_levels, sigma_max=sigma_max, sigma_min=sigma_min,
-            sigma_out=sigma_out,
+            sigma_out=sigma_out, preconditioning=preconditioning,
         )
+        if preconditioning not in PRECONDITIONINGS:
+            raise ConfigError(f"preconditioning must be one of {', '.join(PRECONDITIONINGS)}; got {preconditioning!r}")
         self.sigma_out = float(sigma_out)
+        self.preconditioning = preconditioning
         self.n_genes, self.n_perts = int(n_genes), int(n_perts)
         self.sde = VESchedule(n_levels, sigma_max, sigma_min)
         self.backbone = MLP(n_genes, n_genes, hidden=hidden, n_layers=n_layers, activation="tanh")
@@ -158,7 +181,7 @@ class ScoreNet(torch.nn.Module):
         self, x: torch.Tensor, sigma_or_level, pert: torch.Tensor, *, index: torch.Tensor | None = None,
         shifts: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Denoiser ``D(x̃; σ, T) = x' − σ F(x', σ, e_T)``, ``x' = x̃ / sqrt(1 + σ²)``.
+        """Denoiser ``D(x̃; σ, T) = c_skip x̃ − c_out F(x', σ, e_T)``, ``x' = x̃ / sqrt(1 + σ²)`` (class docstring).
 
         Parameters
         ----------
@@ -192,7 +215,11 @@ class ScoreNet(torch.nn.Module):
         shifts[0] = shifts[0] + self._level_shift(t)
         f = self.backbone(x_in, shifts)
         c_out = s_col if self.sigma_out == 0 else s_col**2 / torch.sqrt(s_col**2 + self.sigma_out**2)
-        return (x_in - c_out * f).to(device=x.device, dtype=x.dtype)
+        skip = x_in
+        if self.preconditioning == "edm":
+            skip = x_in / torch.sqrt(1 + s_col**2)  # c_skip = 1 / (1 + σ²)
+            c_out = c_out / torch.sqrt(1 + s_col**2)  # → 1 at large σ: F predicts the clean state
+        return (skip - c_out * f).to(device=x.device, dtype=x.dtype)
 
     def score(
         self, x: torch.Tensor, sigma_or_level, pert: torch.Tensor, *, index: torch.Tensor | None = None,
@@ -227,7 +254,11 @@ def dsm_loss(
     """Denoising score-matching loss per sample (METHOD.md §2; Vincent 2011, weighted as Song & Ermon 2019).
 
     A level is drawn uniformly per sample, ``x̃ = x + σ ε``, and the loss is
-    ``½ ‖D(x̃; σ, T) − x‖² / (d σ²)`` = ``½ σ² mean_g (s_θ + ε/σ)²``.
+    ``½ ‖D(x̃; σ, T) − x‖² / (d σ²)`` = ``½ σ² mean_g (s_θ + ε/σ)²``; with the ``"edm"`` preconditioning
+    weighted by ``1 + σ²`` as well (EDM's λ(σ) = (σ² + 1)/σ² at unit data scale). That weight gives every
+    level the same weight in ``F``'s own units as ``"ve"`` does: without it the large levels, where ``c_out``
+    falls from σ to 1, learn σ² times more slowly, and a short training learns a perturbation's shift at
+    half its size (docs/benchmarks.md, "Preconditioning").
 
     Parameters
     ----------
@@ -250,4 +281,5 @@ def dsm_loss(
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     x_noisy = x + sigma[:, None] * eps
     denoised = net.denoise(x_noisy, level, pert, index=index)
-    return 0.5 * ((denoised - x) ** 2).mean(1) / sigma**2
+    weight = (1 + sigma**2) / sigma**2 if net.preconditioning == "edm" else 1 / sigma**2
+    return 0.5 * ((denoised - x) ** 2).mean(1) * weight

@@ -11,7 +11,7 @@ import torch
 from .._progress import Progress, ProgressFn
 from ._schedule import warmup_cosine
 from ..errors import ConfigError
-from ..module._score import ScoreNet, dsm_loss
+from ..module._score import PRECONDITIONINGS, ScoreNet, dsm_loss
 
 
 @dataclass
@@ -28,6 +28,8 @@ class Stage2Config:
     sigma_max: float = 10.0  # largest σ (standardised units)
     sigma_min: float = 0.01  # smallest σ; the drift is the score here
     sigma_out: float = 1.0  # [ours] D = x' − σ²/√(σ²+σ₀²)·F; 0 gives METHOD's D = x' − σF (see ScoreNet)
+    # [ours] "edm": the denoiser's skip and output scale at large σ as Karras et al. 2022 (see ScoreNet); "ve": METHOD's
+    preconditioning: str = "edm"
     # optimisation
     lr: float = 1e-3  # peak AdamW learning rate, cosine-decayed to 0 over `steps`
     warmup_steps: int = 0  # linear warm-up before the cosine
@@ -45,6 +47,9 @@ class Stage2Config:
                 raise ConfigError(f"Stage2Config.{name} must be ≥ 1, got {getattr(self, name)}.")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ConfigError(f"Need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}.")
+        if self.preconditioning not in PRECONDITIONINGS:  # before stage 1 spends its minutes
+            raise ConfigError(f"Stage2Config.preconditioning must be one of {', '.join(PRECONDITIONINGS)}, "
+                              f"got {self.preconditioning!r}.")
 
 
 @dataclass
@@ -183,7 +188,7 @@ def fit_stage2(
         net = ScoreNet(
             d, perts.shape[1], hidden=config.hidden, n_layers=config.n_layers, emb_dim=config.emb_dim,
             level_emb_dim=config.level_emb_dim, n_levels=config.n_levels, sigma_max=config.sigma_max,
-            sigma_min=config.sigma_min, sigma_out=config.sigma_out,
+            sigma_min=config.sigma_min, sigma_out=config.sigma_out, preconditioning=config.preconditioning,
         ).to(device)
     net.trained_mask.copy_(perts.sum(0) > 0)
     # the fused update is one kernel instead of a dozen per parameter: 3–8 → 0.9 ms a step on the 2-core CPU
