@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import json
 import time
 from pathlib import Path
@@ -247,9 +248,10 @@ def score_crossfit(ensemble: Ensemble, model: LCD, screen: Screen, *, seed: int 
 
 
 def _same_network(net_init, net: ScoreNet) -> bool:
-    """Whether an ensemble's stored ``net_init`` builds ``net``'s architecture (a key written before it
-    existed takes ScoreNet's default, as the run's own model.json does)."""
-    try:
-        return ScoreNet(**net_init).init_params == net.init_params
-    except (TypeError, ConfigError):
+    """Whether an ensemble's stored ``net_init`` describes ``net``'s architecture (a key written before it
+    existed takes ScoreNet's default, as the run's own model.json does), without building a network."""
+    if not isinstance(net_init, dict):
         return False
+    defaults = {name: p.default for name, p in inspect.signature(ScoreNet).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **net_init} == net.init_params

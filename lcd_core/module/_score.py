@@ -14,6 +14,12 @@ from ._output import LossOutput
 PRECONDITIONINGS = ("ve", "edm")
 
 
+def check_preconditioning(name: str) -> None:
+    """Refuse a preconditioning that is not one of :data:`PRECONDITIONINGS`."""
+    if name not in PRECONDITIONINGS:
+        raise ConfigError(f"preconditioning must be one of {', '.join(PRECONDITIONINGS)}; got {name!r}")
+
+
 class ScoreNet(torch.nn.Module):
     """Noise- and perturbation-conditional score ``s_θ(x̃, σ, T)`` in standardised latent space.
 
@@ -95,8 +101,7 @@ class ScoreNet(torch.nn.Module):
             level_emb_dim=level_emb_dim, n_levels=n_levels, sigma_max=sigma_max, sigma_min=sigma_min,
             sigma_out=sigma_out, preconditioning=preconditioning,
         )
-        if preconditioning not in PRECONDITIONINGS:
-            raise ConfigError(f"preconditioning must be one of {', '.join(PRECONDITIONINGS)}; got {preconditioning!r}")
+        check_preconditioning(preconditioning)
         self.sigma_out = float(sigma_out)
         self.preconditioning = preconditioning
         self.n_genes, self.n_perts = int(n_genes), int(n_perts)

@@ -11,7 +11,7 @@ import torch
 from .._progress import Progress, ProgressFn
 from ._schedule import warmup_cosine
 from ..errors import ConfigError
-from ..module._score import PRECONDITIONINGS, ScoreNet, dsm_loss
+from ..module._score import ScoreNet, check_preconditioning, dsm_loss
 
 
 @dataclass
@@ -47,9 +47,7 @@ class Stage2Config:
                 raise ConfigError(f"Stage2Config.{name} must be ≥ 1, got {getattr(self, name)}.")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ConfigError(f"Need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}.")
-        if self.preconditioning not in PRECONDITIONINGS:  # before stage 1 spends its minutes
-            raise ConfigError(f"Stage2Config.preconditioning must be one of {', '.join(PRECONDITIONINGS)}, "
-                              f"got {self.preconditioning!r}.")
+        check_preconditioning(self.preconditioning)  # here, before stage 1 spends its minutes
 
 
 @dataclass
