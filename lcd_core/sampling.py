@@ -11,7 +11,8 @@ Every sampler is a plain function ``(score_fn, sde, x_init, pert, *, ..., genera
 - ``x_init`` is ``(n, d)``; chains are integrated in float64 (cheap next to the network);
 - ``generator`` is an explicit :class:`torch.Generator`, so a sample depends only on its seed.
 
-:data:`SAMPLERS` maps names to samplers for the CLI; :func:`sample` is the entry point.
+:data:`SAMPLERS` maps names to samplers for the CLI; :func:`sample` is the entry point. (Just over 400 lines on
+purpose: every sampler beside the others, so their shared conventions are read and changed in one place.)
 """
 
 from __future__ import annotations

@@ -71,6 +71,12 @@ def test_bad_overrides_are_refused(tiny_h5ad, tmp_path, lcd_here):
                           "unknown configuration key")
     assert_one_line_error(lcd_here("train", tiny_h5ad, "--out", tmp_path / "r", "--set", "stage2.steps=many",
                                    check=False), "does not match the type")
+    # well-typed values a section's own checks refuse: refused before any stage runs, not at stage 2
+    for bad, message in (("stage2.scale=sideways", "scale must be one of all, within"),
+                         ("stage2.preconditioning=edm2", "preconditioning must be one of"),
+                         ("stage2.steps=0", "steps must be ≥ 1")):
+        assert_one_line_error(lcd_here("train", tiny_h5ad, "--out", tmp_path / "r", "--set", bad, check=False),
+                              message)
     assert not (tmp_path / "r").exists()
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from lcd_core.module._noise import naive_latent_inverse, naive_latent_moments
+from lcd_core.errors import ConfigError
 from lcd_core.train._stage1 import Stage1Config, Stage1Result, fit_stage1, standardize
 
 torch.set_num_threads(1)
@@ -154,9 +155,21 @@ def test_standardize():
     np.testing.assert_allclose(x[1], (lat[1] - mu) / sd)
 
 
-def test_config_validation():
-    from lcd_core.errors import ConfigError
+def test_standardize_within_conditions():
+    # gene 0 moves between conditions (σ_all mostly the shift), gene 1 does not: in "within" units both have
+    # unit pooled within-condition variance, and gene 0's shift is large in them
+    rng = np.random.default_rng(1)
+    lat = [rng.normal([0.0, 0.0], [0.5, 2.0], (4000, 2)), rng.normal([6.0, 0.0], [1.5, 2.0], (4000, 2))]
+    x, mu, sd = standardize(lat, control_index=0, scale="within")
+    np.testing.assert_allclose(sd, np.sqrt([(0.25 + 2.25) / 2, 4.0]), rtol=0.03)
+    np.testing.assert_allclose(np.mean([xi.var(0) for xi in x], 0), 1.0, rtol=1e-9)
+    _, _, sd_all = standardize(lat, control_index=0)
+    assert sd_all[0] > 2.5 * sd[0] and abs(sd_all[1] / sd[1] - 1) < 0.03
+    with pytest.raises(ConfigError, match="scale must be one of all, within"):
+        standardize(lat, scale="sideways")
 
+
+def test_config_validation():
     with pytest.raises(ConfigError):
         Stage1Config(generator="vae")
     with pytest.raises(ConfigError):

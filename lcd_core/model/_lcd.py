@@ -2,7 +2,8 @@
 
 It owns what the neural modules must not know: gene names, condition labels, the standardisation of
 stage 2 and how latent states become cells. Training lives in :mod:`lcd_core.model._train`; the
-networks in :mod:`lcd_core.module`; the samplers in :mod:`lcd_core.sampling`.
+networks in :mod:`lcd_core.module`; the samplers in :mod:`lcd_core.sampling`. (Just over 400 lines on purpose:
+the class users hold, with its persistence, in one file.)
 """
 
 from __future__ import annotations

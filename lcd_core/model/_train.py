@@ -3,7 +3,8 @@
 The two stage loops (:mod:`lcd_core.train`) know tensors only; this driver knows the screen, the split,
 the run directory and the clock. It runs each stage in slices of ``checkpoint_seconds`` and saves a
 checkpoint after each slice, so SIGINT or SIGKILL lose at most one slice, and rerunning the same command
-continues from the last checkpoint.
+continues from the last checkpoint. (Just over 400 lines on purpose: what a training writes, and in which
+order, reads in one file.)
 """
 
 from __future__ import annotations
@@ -238,7 +239,7 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
     latents, val_latents, noise, observed = stage2_samples(screen, train_conds, held_cells, config, fit1,
                                                            counts_mode=mode == "counts",
                                                            with_validation="val_counts" in inspect.signature(stage1_fit).parameters)
-    x, mu, sd = standardize(latents, control_index=0)
+    x, mu, sd = standardize(latents, control_index=0, scale=config.stage2.scale)
     del latents
     val_x = None
     if val_latents is not None:

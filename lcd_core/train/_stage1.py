@@ -195,6 +195,9 @@ def _warm_start_moments(
     return np.stack([m for m, _ in moments]), shrink * np.stack([c for _, c in moments])
 
 
+#: units of stage 2's input per gene (:func:`standardize`): METHOD's spread over all conditions, or [ours] the
+#: pooled spread within a condition
+STANDARDIZE_SCALES = ("all", "within")
 #: latent draws × cells per block of the validation estimate (bounds its (K', B, M) log-likelihood matrix)
 _VAL_BLOCK = 1 << 22
 
@@ -355,9 +358,9 @@ def fit_stage1(
 
 
 def standardize(
-    latents: list[np.ndarray], control_index: int = 0
+    latents: list[np.ndarray], control_index: int = 0, *, scale: str = "all"
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """Standardise stage-1 latents for stage 2: x = (s − μ_ctrl) / σ_all (METHOD.md §2).
+    """Standardise stage-1 latents for stage 2: x = (s − μ_ctrl) / σ (METHOD.md §2: σ = σ_all).
 
     Parameters
     ----------
@@ -365,14 +368,23 @@ def standardize(
         One ``(n_q, d)`` array of latent samples per condition.
     control_index
         Which entry is the control condition.
+    scale
+        ``"all"`` (METHOD.md): σ_all, each gene's std pooled over all conditions' samples. [ours] ``"within"``:
+        each gene's pooled within-condition std, sqrt(mean_q var_q), so that a gene the perturbations move
+        (whose σ_all is mostly the shifts between conditions) has the same unit spread within a condition as
+        any other (docs/benchmarks.md, "Norman's direction").
 
     Returns
     -------
-    ``(standardised list, mu_ctrl (d,), sd_all (d,))``; σ_all is the per-gene std pooled over all
-    conditions' samples, with 0 replaced by 1 so a constant gene stays finite.
+    ``(standardised list, mu_ctrl (d,), sd (d,))``, with 0 in ``sd`` replaced by 1 so a constant gene stays
+    finite.
     """
+    if scale not in STANDARDIZE_SCALES:
+        raise ConfigError(f"scale must be one of {', '.join(STANDARDIZE_SCALES)}; got {scale!r}")
     mu_ctrl = np.asarray(latents[control_index], dtype=np.float64).mean(0)
-    pooled = np.concatenate([np.asarray(s, dtype=np.float64) for s in latents])
-    sd_all = pooled.std(0)
-    sd_all = np.where(sd_all > 0, sd_all, 1.0)
-    return [((s - mu_ctrl) / sd_all).astype(np.asarray(s).dtype) for s in latents], mu_ctrl, sd_all
+    if scale == "all":
+        sd = np.concatenate([np.asarray(s, dtype=np.float64) for s in latents]).std(0)
+    else:
+        sd = np.sqrt(np.mean([np.asarray(s, dtype=np.float64).var(0) for s in latents], 0))
+    sd = np.where(sd > 0, sd, 1.0)
+    return [((s - mu_ctrl) / sd).astype(np.asarray(s).dtype) for s in latents], mu_ctrl, sd

@@ -10,6 +10,7 @@ import torch
 
 from .._progress import Progress, ProgressFn
 from ._schedule import warmup_cosine
+from ._stage1 import STANDARDIZE_SCALES
 from ..errors import ConfigError
 from ..module._score import ScoreNet, check_preconditioning, dsm_loss
 
@@ -30,6 +31,9 @@ class Stage2Config:
     sigma_out: float = 1.0  # [ours] D = x' − σ²/√(σ²+σ₀²)·F; 0 gives METHOD's D = x' − σF (see ScoreNet)
     # [ours] "edm": the denoiser's skip and output scale at large σ as Karras et al. 2022 (see ScoreNet); "ve": METHOD's
     preconditioning: str = "edm"
+    # units of each gene (lcd_core.train.standardize): "all" is METHOD's σ_all; [ours] "within" the pooled
+    # within-condition std
+    scale: str = "all"
     # optimisation
     lr: float = 1e-3  # peak AdamW learning rate, cosine-decayed to 0 over `steps`
     warmup_steps: int = 0  # linear warm-up before the cosine
@@ -48,6 +52,8 @@ class Stage2Config:
         if not 0 < self.sigma_min < self.sigma_max:
             raise ConfigError(f"Need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}.")
         check_preconditioning(self.preconditioning)  # here, before stage 1 spends its minutes
+        if self.scale not in STANDARDIZE_SCALES:
+            raise ConfigError(f"Stage2Config.scale must be one of {', '.join(STANDARDIZE_SCALES)}; got {self.scale!r}")
 
 
 @dataclass
