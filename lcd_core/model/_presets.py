@@ -176,9 +176,8 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
         if name not in fields:
             raise ConfigError(f"unknown configuration key {key!r}; known: {', '.join(sorted(fields))}")
         setattr(target, name, _parse_like(getattr(target, name), raw.strip(), key))
-    for section in (config.stage1, config.stage2):  # the sections' own checks, before any stage runs
-        if hasattr(section, "__post_init__"):
-            section.__post_init__()
+    config.stage1.__post_init__()  # the sections' own checks, before any stage runs
+    config.stage2.__post_init__()
     return config
 
 

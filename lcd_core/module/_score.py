@@ -210,7 +210,8 @@ class ScoreNet(torch.nn.Module):
         sigma, t = self._resolve(sigma_or_level, dev)
         s = sigma.to(device=dev, dtype=dtype)
         s_col = s.unsqueeze(-1) if s.ndim else s
-        x_in = x.to(device=dev, dtype=dtype) / torch.sqrt(1 + s_col**2)  # input scaling: unit-scale input
+        scale_in = torch.sqrt(1 + s_col**2)  # the noisy input's scale at unit data scale
+        x_in = x.to(device=dev, dtype=dtype) / scale_in  # input scaling: unit-scale input
         if shifts is not None:
             if index is None:
                 raise ValueError("`shifts` are per row of `pert`: pass `index` with them")
@@ -222,8 +223,8 @@ class ScoreNet(torch.nn.Module):
         c_out = s_col if self.sigma_out == 0 else s_col**2 / torch.sqrt(s_col**2 + self.sigma_out**2)
         skip = x_in
         if self.preconditioning == "edm":
-            skip = x_in / torch.sqrt(1 + s_col**2)  # c_skip = 1 / (1 + σ²)
-            c_out = c_out / torch.sqrt(1 + s_col**2)  # → 1 at large σ: F predicts the clean state
+            skip = x_in / scale_in  # c_skip = 1 / (1 + σ²)
+            c_out = c_out / scale_in  # → 1 at large σ: F predicts the clean state
         return (skip - c_out * f).to(device=x.device, dtype=x.dtype)
 
     def score(

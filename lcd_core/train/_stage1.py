@@ -198,6 +198,14 @@ def _warm_start_moments(
 #: units of stage 2's input per gene (:func:`standardize`): METHOD's spread over all conditions, or [ours] the
 #: pooled spread within a condition
 STANDARDIZE_SCALES = ("all", "within")
+
+
+def check_scale(name: str) -> None:
+    """Refuse a unit of stage 2's input that is not one of :data:`STANDARDIZE_SCALES`."""
+    if name not in STANDARDIZE_SCALES:
+        raise ConfigError(f"scale must be one of {', '.join(STANDARDIZE_SCALES)}; got {name!r}")
+
+
 #: latent draws × cells per block of the validation estimate (bounds its (K', B, M) log-likelihood matrix)
 _VAL_BLOCK = 1 << 22
 
@@ -379,8 +387,7 @@ def standardize(
     ``(standardised list, mu_ctrl (d,), sd (d,))``, with 0 in ``sd`` replaced by 1 so a constant gene stays
     finite.
     """
-    if scale not in STANDARDIZE_SCALES:
-        raise ConfigError(f"scale must be one of {', '.join(STANDARDIZE_SCALES)}; got {scale!r}")
+    check_scale(scale)
     mu_ctrl = np.asarray(latents[control_index], dtype=np.float64).mean(0)
     if scale == "all":
         sd = np.concatenate([np.asarray(s, dtype=np.float64) for s in latents]).std(0)

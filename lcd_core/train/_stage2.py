@@ -10,7 +10,7 @@ import torch
 
 from .._progress import Progress, ProgressFn
 from ._schedule import warmup_cosine
-from ._stage1 import STANDARDIZE_SCALES
+from ._stage1 import check_scale
 from ..errors import ConfigError
 from ..module._score import ScoreNet, check_preconditioning, dsm_loss
 
@@ -52,8 +52,7 @@ class Stage2Config:
         if not 0 < self.sigma_min < self.sigma_max:
             raise ConfigError(f"Need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}.")
         check_preconditioning(self.preconditioning)  # here, before stage 1 spends its minutes
-        if self.scale not in STANDARDIZE_SCALES:
-            raise ConfigError(f"Stage2Config.scale must be one of {', '.join(STANDARDIZE_SCALES)}; got {self.scale!r}")
+        check_scale(self.scale)
 
 
 @dataclass
