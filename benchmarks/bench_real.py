@@ -5,6 +5,7 @@ One command per table of docs/benchmarks.md ("Real screens"):
     python benchmarks/bench_real.py --screen papalexi                       # 25 knockouts, raw counts
     python benchmarks/bench_real.py --screen norman                         # 5 held-out doubles, counts recovered
     python benchmarks/bench_real.py --screen norman --no-count-recovery     # the same, normalised-values mode
+    python benchmarks/bench_real.py --screen norman --guidance 1.0          # the trained run, sampled at W = 1
 
 The screens are the public subsets in ../shared/data (their README); the script stops with a message when
 that folder is absent. Training uses the default preset unless ``--preset`` / ``--set`` say otherwise.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -77,6 +79,8 @@ def main() -> None:
     p.add_argument("--preset", default=None, help="training preset (default: lcd train's default)")
     p.add_argument("--set", action="append", default=[], help="training override key=value")
     p.add_argument("--out", help="working folder (default runs/real_<name>)")
+    p.add_argument("--guidance", type=float, help="measure a copy of the trained run refitted (lcd fit) at this "
+                   "guidance weight instead of the run's own (results named …_g<W>)")
     args = p.parse_args()
     file, heldout = SCREENS[args.screen]
     data = DATA / file
@@ -94,6 +98,13 @@ def main() -> None:
         train += ["--holdout-combos", ",".join(heldout)] if heldout else []
         train += [a for s in args.set for a in ("--set", s)]
         result["train"] = lcd(*train)
+    if args.guidance is not None:
+        # a copy, so the trained run keeps its own weight; fit refits the anchors and the fit check at W
+        refit = out / f"run_g{args.guidance:g}"
+        if not refit.exists():
+            shutil.copytree(run, refit)
+        result["fit"] = lcd("fit", refit, "--data", data, *read, "--guidance", args.guidance, "--quiet")
+        run, name = refit, f"{name}_g{args.guidance:g}"
     config = json.loads((run / "config.json").read_text())
     result["preset"] = config["config"]["preset"]
     result["mode"] = config["mode"]
@@ -116,7 +127,7 @@ def main() -> None:
     result["reproduction"] = {"summary": summ, "per_condition": rep.round(4).to_dict(orient="index")}
 
     if heldout:
-        report = out / "report"
+        report = out / ("report" if args.guidance is None else f"report_g{args.guidance:g}")
         result["evaluate"] = lcd("evaluate", run, "--data", data, "--out", report, *read)
         per = pd.read_csv(report / "per_condition.csv")
         wide = per.pivot(index="condition", columns="method", values="mmd_top20")

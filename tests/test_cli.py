@@ -202,7 +202,7 @@ def test_inspect_demo_matches_the_file():
 
 def test_clipr_and_modules_on_the_shipped_demo_run(tmp_path, lcd_here):
     """`lcd clipr` and `lcd modules` as PRODUCT.md writes them, on a copy of assets/demo_run (its CLIPR cache
-    travels with it); the default modules match the demo's 6 true modules (ARI ≥ 0.7)."""
+    travels with it); the default modules match the demo's 6 true modules (ARI ≥ 0.65)."""
     import shutil
 
     import numpy as np
@@ -248,7 +248,7 @@ def test_clipr_and_modules_on_the_shipped_demo_run(tmp_path, lcd_here):
     tab, header, stdout = modules()
     assert header["modules"]["method"] == "louvain" and "louvain" in stdout
     labels = tab.loc[list(map(str, read_screen(demo_screen_path()).genes)), "module"]
-    assert adjusted_rand_score(np.asarray(truth["modules"]), labels) >= 0.65  # 0.67 measured (test_modules.py)
+    assert adjusted_rand_score(np.asarray(truth["modules"]), labels) >= 0.65  # 0.69 measured (test_modules.py)
     assert (tab["top_terms"] != "").any()  # the true-module GMT enriches some module
     tab, header, _ = modules("--cut", "0.3")  # PRODUCT.md's --cut: the dendrogram of METHOD §5
     assert header["modules"] == {**header["modules"], "method": "hierarchical", "cut": 0.3}

@@ -96,9 +96,8 @@ def test_demo_modules_against_the_true_modules():
     assert best_hier < 0.7
     model = LCD.load(demo_screen_path().parent / "demo_run")
     est = get_clipr(model, variant="directed")
-    # 0.67 since the run is trained with the "edm" preconditioning (0.73 with METHOD's "ve"; its edges' sign-AUROC
-    # 0.955 against 0.952): a real loss, reported in docs/benchmarks.md ("Preconditioning"); still far above the
-    # tree cut's best here and the paper variant's 0.19
+    # 0.69 measured (0.67 in σ_all units, 0.73 with METHOD's "ve" preconditioning; docs/benchmarks.md,
+    # "Preconditioning" and "Stage 2's units"): still far above the tree cut's best here and the paper variant's 0.19
     assert adjusted_rand_score(modules, find_modules(est.effects, model.genes).labels) >= 0.65
 
 

@@ -57,3 +57,17 @@ def test_new_runs_precondition_like_edm_and_old_records_read_back_as_ve():
     assert TrainConfig.from_dict(old).stage2.preconditioning == "ve"
     with pytest.raises(ConfigError, match="preconditioning"):
         TrainConfig.from_dict(dict(old, stage2=dict(old["stage2"], preconditioning="edm2")))
+
+
+def test_new_runs_measure_genes_within_conditions_and_old_records_read_back_as_sigma_all():
+    from lcd_core.model import TrainConfig
+
+    for name in ("demo", "standard"):
+        assert get_preset(name).stage2.scale == "within_median"
+    assert get_preset("paper").stage2.scale == "all"  # METHOD.md's σ_all
+    assert auto_preset(500, 30).stage2.scale == "within_median"
+    old = get_preset("demo").to_dict()
+    del old["stage2"]["scale"]  # a run's config.json from before the setting existed
+    assert TrainConfig.from_dict(old).stage2.scale == "all"
+    with pytest.raises(ConfigError, match="scale must be one of"):
+        TrainConfig.from_dict(dict(old, stage2=dict(old["stage2"], scale="median")))

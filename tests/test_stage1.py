@@ -169,6 +169,26 @@ def test_standardize_within_conditions():
         standardize(lat, scale="sideways")
 
 
+def test_standardize_within_median():
+    # three genes, all moved by the second condition (σ_all / σ_within ≈ 3.2, 2.2 and 1.1): "within_median"
+    # keeps "within"'s units relative to each other and gives the median gene its σ_all, so a screen whose
+    # perturbations move most genes is not spread over several σ_all in stage 2's units
+    rng = np.random.default_rng(2)
+    lat = [rng.normal([0.0, 0.0, 0.0], 1.0, (20_000, 3)), rng.normal([6.0, 4.0, 1.0], 1.0, (20_000, 3))]
+    _, _, sd_all = standardize(lat, scale="all")
+    _, _, sd_within = standardize(lat, scale="within")
+    x, _, sd = standardize(lat, scale="within_median")
+    ratio = sd_all / sd_within
+    assert ratio[0] > 3 and ratio[1] > 2 and ratio[2] < 1.2
+    np.testing.assert_allclose(sd / sd_within, ratio[1], rtol=1e-12)  # one factor for every gene
+    np.testing.assert_allclose(sd[1], sd_all[1], rtol=1e-12)  # the median gene keeps METHOD's unit
+    assert np.concatenate(x)[:, 1].std() == pytest.approx(1.0, rel=1e-6)
+    # a screen whose perturbations move few genes (median ratio 1) gets "within"'s units unchanged
+    few = [rng.normal([0.0, 0.0, 0.0], 1.0, (20_000, 3)), rng.normal([6.0, 0.0, 0.0], 1.0, (20_000, 3))]
+    np.testing.assert_allclose(standardize(few, scale="within_median")[2], standardize(few, scale="within")[2],
+                               rtol=0.02)
+
+
 def test_config_validation():
     with pytest.raises(ConfigError):
         Stage1Config(generator="vae")

@@ -40,12 +40,13 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """The configuration :meth:`to_dict` wrote (a run's ``config.json``). A stage-2 record without
-        ``preconditioning`` was written before it existed, by a run trained with METHOD's ``"ve"``: it reads
-        back as ``"ve"``, so that its ensemble and its resumed training build the network it has."""
+        ``preconditioning`` or ``scale`` was written before they existed, by a run trained with METHOD's
+        ``"ve"`` and σ_all: it reads back so, so that its ensemble and its resumed training build the network
+        and the units it has."""
         d = dict(d)
         try:
             s1 = Stage1Config(**_tuples(d.pop("stage1", {})))
-            s2 = Stage2Config(**{"preconditioning": "ve", **_tuples(d.pop("stage2", {}))})
+            s2 = Stage2Config(**{"preconditioning": "ve", "scale": "all", **_tuples(d.pop("stage2", {}))})
             return cls(stage1=s1, stage2=s2, **d)
         except TypeError as e:
             raise ConfigError(f"invalid training configuration: {e}") from None
@@ -100,7 +101,8 @@ def _paper() -> TrainConfig:
         stage1=Stage1Config(generator="mlp", init="random", n_samples=20_000, batch_size=64, steps=250_000,
                             warmup=5000, lr=3e-4, noise_lr=3e-4, conditions_per_step=1, temps=(1.0, 20.0)),
         stage2=Stage2Config(hidden=1024, n_layers=2, emb_dim=1024, batch_size=8192, steps=50_000,
-                            mixed_conditions=False, weight_decay=0.3, sigma_out=0.0, preconditioning="ve"),
+                            mixed_conditions=False, weight_decay=0.3, sigma_out=0.0, preconditioning="ve",
+                            scale="all"),
         n_latent_samples=10_000,
         checkpoint_seconds=300.0,
         sampler="reference",

@@ -32,8 +32,8 @@ class Stage2Config:
     # [ours] "edm": the denoiser's skip and output scale at large σ as Karras et al. 2022 (see ScoreNet); "ve": METHOD's
     preconditioning: str = "edm"
     # units of each gene (lcd_core.train.standardize): "all" is METHOD's σ_all; [ours] "within" the pooled
-    # within-condition std
-    scale: str = "all"
+    # within-condition std; [ours] "within_median" the same times one factor, the median gene's σ_all / σ_within
+    scale: str = "within_median"
     # optimisation
     lr: float = 1e-3  # peak AdamW learning rate, cosine-decayed to 0 over `steps`
     warmup_steps: int = 0  # linear warm-up before the cosine
