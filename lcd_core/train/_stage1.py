@@ -393,8 +393,9 @@ def standardize(
     """
     check_scale(scale)
     n = np.array([len(s) for s in latents], dtype=np.float64)[:, None]
-    means = np.stack([np.asarray(s, dtype=np.float64).mean(0) for s in latents])
-    variances = np.stack([np.asarray(s, dtype=np.float64).var(0) for s in latents])
+    # one float64 copy of one condition at a time, read once for both moments
+    moments = [(a.mean(0), a.var(0)) for a in (np.asarray(s, dtype=np.float64) for s in latents)]
+    means, variances = (np.stack(m) for m in zip(*moments))
     # the spread over all samples by the law of total variance: no concatenated copy of every condition's latents
     grand = (n * means).sum(0) / n.sum()
     sd_all = np.sqrt((n * (variances + (means - grand) ** 2)).sum(0) / n.sum())
