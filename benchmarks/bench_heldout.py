@@ -4,6 +4,7 @@ One command per table of docs/benchmarks.md:
 
     python benchmarks/bench_heldout.py --screen demo                                  # the 16 fixed doubles
     python benchmarks/bench_heldout.py --screen nonlinear --genes 300 --seed 1 --fold 0
+    python benchmarks/bench_heldout.py --screen nonlinear --rate-calibration off     # its run, uncalibrated
 
 ``demo`` uses assets/demo_screen.h5ad and its fixed held-out doubles; ``nonlinear`` simulates a count
 screen (``lcd simulate --kind nonlinear``) and holds out fold ``--fold`` of the paper's split protocol.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +47,8 @@ def main() -> None:
     p.add_argument("--preset", default="demo")
     p.add_argument("--set", action="append", default=[], help="training override key=value")
     p.add_argument("--out", help="working folder (default runs/heldout_<name>)")
+    p.add_argument("--rate-calibration", choices=["on", "off"],
+                   help="measure a copy of the trained run with its rate calibration switched so (lcd fit)")
     args = p.parse_args()
     name = "demo" if args.screen == "demo" else f"nonlinear{args.genes}_seed{args.seed}_fold{args.fold}"
     name += "".join(f"_{s.replace('=', '')}" for s in args.set)
@@ -62,8 +66,15 @@ def main() -> None:
     if not (run / "COMPLETE").exists():
         overrides = [a for s in args.set for a in ("--set", s)]
         times["train_s"] = lcd("train", screen, "--out", run, "--preset", args.preset, *split, *overrides, "--quiet")
-    times["evaluate_s"] = lcd("evaluate", run, "--data", screen, "--out", out / "report")
-    report = out / "report"
+    if args.rate_calibration is not None:  # a copy with the calibration switched so; the trained run stays as is
+        name += f"_rc{args.rate_calibration}"
+        copy = out / f"run_rc{args.rate_calibration}"
+        if not copy.exists():
+            shutil.copytree(run, copy)
+        times["fit_s"] = lcd("fit", copy, "--data", screen, "--rate-calibration", args.rate_calibration, "--quiet")
+        run = copy
+    report = out / f"report{run.name[3:]}"
+    times["evaluate_s"] = lcd("evaluate", run, "--data", screen, "--out", report)
     print((report / "summary.md").read_text())
     per = pd.read_csv(report / "per_condition.csv", comment="#")
     summary = pd.read_csv(report / "summary.csv", comment="#")

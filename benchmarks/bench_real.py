@@ -6,6 +6,7 @@ One command per table of docs/benchmarks.md ("Real screens"):
     python benchmarks/bench_real.py --screen norman                         # 5 held-out doubles, counts recovered
     python benchmarks/bench_real.py --screen norman --no-count-recovery     # the same, normalised-values mode
     python benchmarks/bench_real.py --screen norman --guidance 1.0          # the trained run, sampled at W = 1
+    python benchmarks/bench_real.py --screen norman --rate-calibration off  # the trained run, uncalibrated
 
 The screens are the public subsets in ../shared/data (their README); the script stops with a message when
 that folder is absent. Training uses the default preset unless ``--preset`` / ``--set`` say otherwise.
@@ -79,6 +80,8 @@ def main() -> None:
     p.add_argument("--preset", default=None, help="training preset (default: lcd train's default)")
     p.add_argument("--set", action="append", default=[], help="training override key=value")
     p.add_argument("--out", help="working folder (default runs/real_<name>)")
+    p.add_argument("--rate-calibration", choices=["on", "off"],
+                   help="measure a copy of the trained run with its rate calibration switched so (lcd fit)")
     p.add_argument("--guidance", type=float, help="measure a copy of the trained run refitted (lcd fit) at this "
                    "guidance weight instead of the run's own (results named …_g<W>)")
     args = p.parse_args()
@@ -98,13 +101,17 @@ def main() -> None:
         train += ["--holdout-combos", ",".join(heldout)] if heldout else []
         train += [a for s in args.set for a in ("--set", s)]
         result["train"] = lcd(*train)
-    if args.guidance is not None:
-        # a copy, so the trained run keeps its own weight; fit refits the anchors and the fit check at W
-        refit = out / f"run_g{args.guidance:g}"
+    if args.guidance is not None or args.rate_calibration is not None:
+        # a copy, so the trained run keeps its own settings; fit redoes what depends on them (anchors, fit check...)
+        tag = (f"_g{args.guidance:g}" if args.guidance is not None else "") + \
+              (f"_rc{args.rate_calibration}" if args.rate_calibration is not None else "")
+        refit = out / f"run{tag}"
         if not refit.exists():
             shutil.copytree(run, refit)
-        result["fit"] = lcd("fit", refit, "--data", data, *read, "--guidance", args.guidance, "--quiet")
-        run, name = refit, f"{name}_g{args.guidance:g}"
+        settings = (["--guidance", args.guidance] if args.guidance is not None else []) + \
+                   (["--rate-calibration", args.rate_calibration] if args.rate_calibration is not None else [])
+        result["fit"] = lcd("fit", refit, "--data", data, *read, *settings, "--quiet")
+        run, name = refit, name + tag
     config = json.loads((run / "config.json").read_text())
     result["preset"] = config["config"]["preset"]
     result["mode"] = config["mode"]
@@ -127,7 +134,7 @@ def main() -> None:
     result["reproduction"] = {"summary": summ, "per_condition": rep.round(4).to_dict(orient="index")}
 
     if heldout:
-        report = out / ("report" if args.guidance is None else f"report_g{args.guidance:g}")
+        report = out / f"report{run.name[3:]}"  # report, report_g1.15, report_rcon, ...
         result["evaluate"] = lcd("evaluate", run, "--data", data, "--out", report, *read)
         per = pd.read_csv(report / "per_condition.csv")
         wide = per.pivot(index="condition", columns="method", values="mmd_top20")

@@ -243,20 +243,24 @@ def cmd_fit(args: argparse.Namespace) -> None:
     cfg = RunDir(args.run).require_complete()
     screen = read_screen(args.data, **_screen_kwargs(args))
     bar = _ProgressBar(args.quiet)
-    if args.guidance is not None:
-        from .model import Ensemble, set_guidance
+    if args.guidance is not None or args.rate_calibration is not None:
+        from .model import Ensemble, refit
 
+        calibrate = None if args.rate_calibration is None else args.rate_calibration == "on"
         try:
-            model = set_guidance(args.run, screen, args.guidance, progress=bar)
+            model = refit(args.run, screen, guidance=args.guidance, rate_calibration=calibrate, progress=bar)
         finally:
             bar.close()
         ens = Ensemble.load(args.run, model)
         crossfit = ens is not None and ens.heldout_calibration() is not None
-        redone = (["the fit check"] + (["the anchors"] if model.anchors is not None else []) +
+        calibrated = model.noise is not None and bool(model.noise.log_calibration.abs().max() > 0)
+        redone = (["the fit check"] + (["the rate calibration"] if calibrated else []) +
+                  (["the anchors"] if model.anchors is not None else []) +
                   (["the no-count decoder"] if model.decoder is not None else []) +
                   (["the ensemble's cross-fit scores"] if crossfit else []))
-        print(f"{args.run} samples at guidance {args.guidance:g} from now on; made again at that weight: "
-              f"{', '.join(redone)}")
+        calibration = "" if model.noise is None else f", rate calibration {'on' if calibrated else 'off'}"
+        print(f"{args.run} samples at guidance {model.guidance:g}{calibration} from now on; made again with these "
+              f"settings: {', '.join(redone)}")
         _print_fit(args.run)
         return
     model = LCD.load(args.run, device=args.device)
@@ -629,6 +633,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="[ours] make W the run's guidance weight (README, 'Guidance'), and redo at W what was made "
                         "from its generated cells: the fit check, the anchors, the ensemble's cross-fit scores and "
                         "the no-count decoder (nothing is retrained; --cells and --seed are the run's then)")
+    p.add_argument("--rate-calibration", choices=["on", "off"],
+                   help="[ours] count-model runs: fit (on) or drop (off) the per-gene rate calibration that makes "
+                        "generated training conditions as bright as the measured ones (README, 'Rate calibration'); "
+                        "redoes the same as --guidance. Runs trained before it existed have it off")
     _add_screen_keys(p)
     p.set_defaults(func=cmd_fit)
 

@@ -13,7 +13,7 @@ from ._saved_evaluation import EVALUATION_VERSION, evaluation_path, saved_evalua
 from ._fit import FIT_FILE, condition_fit, fit_report, no_change_check, read_fit
 from ._train import resolve_split, train, validation_split
 from ._ensemble import DEFAULT_MEMBERS, Ensemble, fit_ensemble
-from ._guidance import set_guidance
+from ._guidance import refit, set_guidance
 from ._intervals import (Calibration, IntervalSources, calibration_from_fit, interval_coverage, mean_se,
                          shift_intervals)
 
@@ -22,6 +22,6 @@ __all__ = ["LCD", "Prediction", "TrainConfig", "PRESETS", "PRESET_NAMES", "DEFAU
            "training_reference", "fit_report", "read_fit", "FIT_FILE", "validation_split",
            "condition_fit", "no_change_check", "prediction_anndata", "cell_eval_anndata", "h5ad_bytes",
            "get_embedding", "embedding_path", "extrapolation_notes", "Ensemble", "fit_ensemble", "DEFAULT_MEMBERS",
-           "set_guidance",
+           "set_guidance", "refit",
            "shift_intervals", "interval_coverage", "Calibration", "calibration_from_fit",
            "IntervalSources", "mean_se", "saved_evaluation", "evaluation_path", "EVALUATION_VERSION", "heldout_conditions"]

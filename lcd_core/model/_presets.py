@@ -31,6 +31,9 @@ class TrainConfig:
     # [ours] weight pushing a perturbation's score away from the control's (sampling.guided); 1: the paper's sampling.
     # 1.3 ≈ 1 / 0.78, the share of each shift the paper's sampling keeps (docs/benchmarks.md, "Guidance")
     guidance: float = 1.3
+    # [ours] after training, one factor per gene on the count model's rate so that generated training conditions are
+    # as bright as the measured ones (lcd_core.model._calibration; docs/benchmarks.md, "Rate calibration")
+    rate_calibration: bool = True
     seed: int = 0  # seeds both stages and the latent draws
     embedding: str = "umap"  # the app's reference embedding, fitted and saved at the end: umap, pca or none
 
@@ -42,12 +45,13 @@ class TrainConfig:
         """The configuration :meth:`to_dict` wrote (a run's ``config.json``). A stage-2 record without
         ``preconditioning`` or ``scale`` was written before they existed, by a run trained with METHOD's
         ``"ve"`` and σ_all: it reads back so, so that its ensemble and its resumed training build the network
-        and the units it has."""
+        and the units it has. A record without ``rate_calibration`` comes from a run whose count model was never
+        calibrated: a guidance refit keeps it so (``lcd fit --rate-calibration on`` switches it on)."""
         d = dict(d)
         try:
             s1 = Stage1Config(**_tuples(d.pop("stage1", {})))
             s2 = Stage2Config(**{"preconditioning": "ve", "scale": "all", **_tuples(d.pop("stage2", {}))})
-            return cls(stage1=s1, stage2=s2, **d)
+            return cls(stage1=s1, stage2=s2, **{"rate_calibration": False, **d})
         except TypeError as e:
             raise ConfigError(f"invalid training configuration: {e}") from None
 
@@ -106,6 +110,7 @@ def _paper() -> TrainConfig:
         n_latent_samples=10_000,
         checkpoint_seconds=300.0,
         sampler="reference",
+        rate_calibration=False,
     )
 
 

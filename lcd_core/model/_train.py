@@ -29,6 +29,7 @@ from ..pp import explicit_split, fold_split, split_combinations
 from ..sampling import check_guidance
 from ..train import Progress, ProgressFn, fit_stage1, fit_stage2, standardize
 from ._anchor import fit_anchors
+from ._calibration import fit_rate_calibration
 from ._embedding import EMBEDDING_METHODS, write_run_embedding
 from ._lcd import LCD, multihot
 from ._presets import TrainConfig
@@ -269,6 +270,8 @@ def train(screen: Screen, out: str | os.PathLike, *, config: TrainConfig, device
         run.log({"event": "decoder_fitted", "seconds": time.monotonic() - t_decoder,
                  "zero_fraction": float(model.decoder.zero_fraction.mean()),
                  "genes_zero_everywhere": int((model.decoder.zero_fraction >= 1.0).sum())})
+    if noise is not None and config.rate_calibration:
+        fit_run_calibration(model, screen, train_conds, held_cells, run, seed=config.seed)
     model.save(run)
     if noise is not None:
         fit_run_anchors(model, screen, train_conds, run, seed=config.seed)
@@ -338,6 +341,20 @@ def fit_decoder(model: LCD, conditions: list[str], observed: list[np.ndarray], *
         generated.append(model.mu + model.sd * x)
         kept.append(cells[rng.choice(len(cells), n, replace=False)] if n < len(cells) else cells)
     return QuantileDecoder.fit(np.concatenate(generated), np.concatenate(kept))
+
+
+def fit_run_calibration(model: LCD, screen: Screen, train_conds: list[str], held_cells: dict[str, list[int]],
+                        run: RunDir, *, seed: int) -> None:
+    """[ours] The count model's per-gene rate calibration (:func:`fit_rate_calibration`), fitted on the training
+    conditions' training cells (the fit check's validation cells stay unseen) and set on ``model``."""
+    t0 = time.monotonic()
+    observed = {c: _split_rows(screen.counts(c), held_cells.get(c, []))[0] for c in train_conds}
+    fitted = fit_rate_calibration(model, observed, seed=seed)
+    log_factor, library = fitted["log_factor"], fitted["library"]
+    run.log({"event": "rate_calibrated", "seconds": time.monotonic() - t0,
+             "median_abs_log_factor": float(np.median(np.abs(log_factor))),
+             "max_abs_log_factor": float(np.max(np.abs(log_factor))),
+             **{f"library_{k}": v for k, v in library.items()}})
 
 
 def fit_run_anchors(model: LCD, screen: Screen, train_conds: list[str], run: RunDir, *, seed: int) -> None:

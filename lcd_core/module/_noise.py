@@ -1,6 +1,6 @@
 """The zero-inflated Poisson measurement model of LCD (METHOD.md §1, "Measurement model").
 
-    rate_g(s) = u_g · softplus(s_g)
+    rate_g(s) = u_g · softplus(s_g)          (· ρ_g, [ours] a calibration fitted after training, 1 until then)
     P(y_g = 0)     = π_g + (1 − π_g) · exp(−rate_g)
     P(y_g = k > 0) = (1 − π_g) · Poisson(k; rate_g),      π_g = sigmoid(ℓ_g)
 
@@ -182,9 +182,17 @@ class ZIPNoise(nn.Module):
         super().__init__()
         u = torch.as_tensor(np.asarray(unit_scale), dtype=torch.get_default_dtype())
         self.register_buffer("unit_scale", u)  # (d,)
+        # (d,) log ρ_g, [ours]: zero while stage 1 learns; set by lcd_core.model._calibration after stage 2
+        self.register_buffer("log_calibration", torch.zeros_like(u))
         pi = np.broadcast_to(np.asarray(dropout_init, dtype=np.float64), u.shape)
         logit = torch.as_tensor(np.log(pi) - np.log1p(-pi), dtype=u.dtype)
         self.dropout_logit = nn.Parameter(logit.clone())  # (d,) ℓ_g, π_g = sigmoid(ℓ_g)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # runs and stage-1 checkpoints from before the calibration existed were uncalibrated (ρ = 1), as
+        # torch's BatchNorm fills in its num_batches_tracked for older state
+        state_dict.setdefault(prefix + "log_calibration", torch.zeros_like(self.log_calibration))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def n_genes(self) -> int:
@@ -196,12 +204,12 @@ class ZIPNoise(nn.Module):
         return torch.sigmoid(self.dropout_logit)
 
     def rate(self, s: torch.Tensor) -> torch.Tensor:
-        """Poisson rate ``u · softplus(s)``, shape of ``s`` (``(..., d)``), in counts."""
-        return self.unit_scale * F.softplus(s)
+        """Poisson rate ``u · ρ · softplus(s)``, shape of ``s`` (``(..., d)``), in counts."""
+        return self.unit_scale * torch.exp(self.log_calibration) * F.softplus(s)
 
     def log_rate(self, s: torch.Tensor) -> torch.Tensor:
-        """``log(u · softplus(s))``, stable for very negative s."""
-        return torch.log(self.unit_scale) + log_softplus(s)
+        """``log(u · ρ · softplus(s))``, stable for very negative s."""
+        return torch.log(self.unit_scale) + self.log_calibration + log_softplus(s)
 
     def log_likelihood_matrix(self, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """log p(y_i | s_m) for every cell × latent pair, as one matrix product.
@@ -245,7 +253,7 @@ class ZIPNoise(nn.Module):
         """
         y = y.to(s.dtype)
         pi = torch.sigmoid(self.dropout_logit)
-        r = self.unit_scale * F.softplus(s)
+        r = self.rate(s)
         log_pos = torch.log1p(-pi) + y * torch.log(r) - r - torch.lgamma(y + 1.0)
         log_zero = torch.log(pi + (1.0 - pi) * torch.exp(-r))
         return torch.where(y > 0, log_pos, log_zero).sum(-1)
