@@ -42,6 +42,10 @@ from ._anchor import _fit_log_scale, _rate_and_keep
 MAX_CELLS = 500
 MAX_ENTRIES = 15_000_000
 MIN_CELLS = 20
+#: the refusal for a run without a count model (no-count mode: its decoder maps onto the data's domain instead)
+NO_COUNT_MODEL = "rate calibration acts on the count model; this run was trained on normalised values"
+
+
 def fit_rate_calibration(model, observed: dict[str, np.ndarray], *, iters: int = 5, seed: int = 0) -> dict:
     """Fit and set ``model.noise.log_calibration`` (module docstring).
 
@@ -62,7 +66,7 @@ def fit_rate_calibration(model, observed: dict[str, np.ndarray], *, iters: int =
     genes before and after, and the measured one (``{"before", "after", "measured"}``).
     """
     if model.noise is None:
-        raise ConfigError("rate calibration acts on the count model; this run was trained on normalised values")
+        raise ConfigError(NO_COUNT_MODEL)
     if not observed:
         raise ConfigError("rate calibration needs the measured cells of at least one training condition")
     n = int(np.clip(MAX_ENTRIES // (len(observed) * model.n_genes), MIN_CELLS, MAX_CELLS))

@@ -20,6 +20,7 @@ from ..data import Screen
 from ..errors import ConfigError
 from ..sampling import check_guidance
 from ..train import ProgressFn
+from ._calibration import NO_COUNT_MODEL
 from ._ensemble import Ensemble, score_crossfit
 from ._fit import FIT_FILE, fit_report
 from ._lcd import LCD
@@ -58,7 +59,7 @@ def refit(run: str | Path, screen: Screen, *, guidance: float | None = None, rat
     model = LCD.load(rd.path, device="cpu")
     if rate_calibration is not None:
         if model.noise is None and rate_calibration:
-            raise ConfigError("rate calibration acts on the count model; this run was trained on normalised values")
+            raise ConfigError(NO_COUNT_MODEL)
         config.rate_calibration = bool(rate_calibration)
     weight = model.guidance if guidance is None else float(guidance)
     model.info["guidance"] = weight

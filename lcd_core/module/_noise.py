@@ -168,7 +168,8 @@ def estimate_dropout(
 
 
 class ZIPNoise(nn.Module):
-    """Zero-inflated Poisson measurement model with a fixed unit scale and learned dropout logits.
+    """Zero-inflated Poisson measurement model with a fixed unit scale and learned dropout logits (and, [ours], a
+    per-gene rate factor ρ fitted after training: ``log_calibration``, :mod:`lcd_core.model._calibration`).
 
     Parameters
     ----------
