@@ -15,6 +15,7 @@ whole command-line contract of PRODUCT.md reads in one file; the work itself is 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -185,8 +186,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     # cell lines, cell types or datasets are never pooled silently (replicates and batches are)
     check_pooling(contexts_in_file(args.screen, subset=args.subset), pool=args.pool_contexts)
     if args.dry_run:
-        import json
-
         print(json.dumps(config.to_dict(), indent=2))
         return
     from .data import read_screen
@@ -244,15 +243,18 @@ def cmd_fit(args: argparse.Namespace) -> None:
     screen = read_screen(args.data, **_screen_kwargs(args))
     bar = _ProgressBar(args.quiet)
     if args.guidance is not None or args.rate_calibration is not None:
-        from .model import Ensemble, refit
+        from .model import calibration_from_fit, refit
+        from .model._ensemble import ENSEMBLE_META
 
         calibrate = None if args.rate_calibration is None else args.rate_calibration == "on"
         try:
             model = refit(args.run, screen, guidance=args.guidance, rate_calibration=calibrate, progress=bar)
         finally:
             bar.close()
-        ens = Ensemble.load(args.run, model)
-        crossfit = ens is not None and ens.heldout_calibration() is not None
+        # what refit rescored, read from the ensemble's description (its networks need not be loaded again)
+        meta = Path(args.run) / ENSEMBLE_META
+        crossfit = meta.is_file() and calibration_from_fit(json.loads(meta.read_text()).get("crossfit"),
+                                                           held_out=True) is not None
         calibrated = model.noise is not None and bool(model.noise.log_calibration.abs().max() > 0)
         redone = (["the fit check"] + (["the rate calibration"] if calibrated else []) +
                   (["the anchors"] if model.anchors is not None else []) +
