@@ -62,6 +62,20 @@ def tiny_config(seed: int = 0):
     return cfg
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """``(screen, run path)``: the tiny count screen and one run trained on it with :func:`tiny_config` and
+    G00+G01 held out, shared by the tests that only read it (copy the run before changing it)."""
+    from lcd_core.data import read_screen
+    from lcd_core.model import train
+
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    make_tiny_counts().write_h5ad(tmp / "tiny.h5ad")
+    screen = read_screen(tmp / "tiny.h5ad")
+    train(screen, tmp / "run", config=tiny_config(), device="cpu", heldout=["G00+G01"])
+    return screen, tmp / "run"
+
+
 #: the real screens (../shared/data beside the checkout; LCD_SHARED_DATA overrides)
 SHARED_DATA = Path(os.environ.get("LCD_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

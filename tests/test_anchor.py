@@ -6,19 +6,14 @@ import numpy as np
 import pytest
 
 from lcd_core import ConfigError, RunError
-from lcd_core.data import read_screen
-from lcd_core.model import LCD, train
+from lcd_core.model import LCD
 from lcd_core.model._anchor import ANCHORS_FILE, Anchors, _fit_log_scale
-from tests.conftest import make_tiny_counts, tiny_config
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("anchor")
-    make_tiny_counts().write_h5ad(tmp / "tiny.h5ad")
-    screen = read_screen(tmp / "tiny.h5ad")
-    train(screen, tmp / "run", config=tiny_config(), device="cpu", heldout=["G00+G01"])
-    return screen, LCD.load(tmp / "run", device="cpu"), tmp / "run"
+def trained(tiny_run):
+    screen, run = tiny_run
+    return screen, LCD.load(run, device="cpu"), run
 
 
 def _centred_error(model, screen, label, anchored, seed):

@@ -17,20 +17,15 @@ from lcd_core.model._anchor import MAX_LOG_SCALE
 from lcd_core.model._calibration import fit_rate_calibration
 from lcd_core.module import ZIPNoise
 from lcd_core.pp import normalize_log1p
-from tests.conftest import make_tiny_counts, tiny_config
+from tests.conftest import tiny_config
 
 TRAINING = ["ctrl", "G00", "G01", "G02", "G03"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("calibration")
-    make_tiny_counts().write_h5ad(tmp / "tiny.h5ad")
-    screen = read_screen(tmp / "tiny.h5ad")
-    cfg = tiny_config()
-    assert cfg.rate_calibration  # every new run's default
-    train(screen, tmp / "run", config=cfg, device="cpu", heldout=["G00+G01"])
-    return screen, tmp / "run"
+def trained(tiny_run):
+    assert tiny_config().rate_calibration  # trained with every new run's default
+    return tiny_run
 
 
 def _own_cells(model, n=2000, seed=5):
